@@ -1,0 +1,9 @@
+"""Request bodies to rows, predictions to response bytes."""
+
+from __future__ import annotations
+
+from sagehost.codecs.decode import decode
+from sagehost.codecs.encode import encode
+from sagehost.codecs.media import media_type, negotiate
+
+__all__ = ["decode", "encode", "media_type", "negotiate"]

@@ -1,0 +1,123 @@
+"""Predictions -> response bytes, in the media type negotiated from Accept.
+
+JSON answers mirror the request: a bare list for plain rows (as the AWS containers answer),
+`{"predictions": ...}` for MLflow's and TF-Serving's shapes, and objects of label -> probability
+when named records asked for probabilities (the H2O scorer's `{"fraud.0": 0.98, ...}`).
+Every format gives exactly one prediction per input row, in order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sagehost.codecs import media
+from sagehost.predictor import Outputs, Shape
+
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode(
+    outputs: Outputs, accept: str, shape: Shape = Shape.ROWS, labels: Sequence[str] | None = None
+) -> bytes:
+    if accept == media.JSON:
+        return encode_json(outputs, shape, labels)
+    if accept == media.CSV:
+        return encode_csv(outputs)
+    if accept == media.JSONLINES:
+        return encode_jsonlines(outputs, shape, labels)
+    if accept == media.NPY:
+        return encode_npy(outputs)
+    raise ValueError(f"no encoder for {accept}")  # negotiate() only offers the four above
+
+
+def encode_json(outputs: Outputs, shape: Shape, labels: Sequence[str] | None) -> bytes:
+    named = labels is not None and _is_2d(outputs)
+    if shape is Shape.WRAPPED:
+        return _dumps({"predictions": outputs})
+    if named and shape is Shape.RECORD and labels is not None:
+        return _dumps(_labelled(outputs, labels)[0])
+    if named and shape is Shape.RECORDS and labels is not None:
+        return _dumps(_labelled(outputs, labels))
+    return _dumps(outputs)
+
+
+def encode_jsonlines(outputs: Outputs, shape: Shape, labels: Sequence[str] | None) -> bytes:
+    if labels is not None and _is_2d(outputs) and shape in (Shape.RECORD, Shape.RECORDS):
+        items: Sequence[Any] = _labelled(outputs, labels)
+    else:
+        items = _plain(outputs)
+    return b"".join(_dumps(item) + b"\n" for item in items)
+
+
+def encode_csv(outputs: Outputs) -> bytes:
+    rows = _plain(outputs)
+    if rows and all(_is_simple(v) for v in rows):
+        return ("\n".join(_cell(v) for v in rows) + "\n").encode()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in rows:
+        writer.writerow(row if isinstance(row, (list, tuple)) else [row])
+    return buffer.getvalue().encode()
+
+
+def encode_npy(outputs: Outputs) -> bytes:
+    buffer = io.BytesIO()
+    array = np.asarray(outputs)
+    if array.dtype == object:
+        array = array.astype(str)
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _labelled(outputs: Outputs, labels: Sequence[str]) -> list[dict[str, Any]]:
+    return [dict(zip(labels, row, strict=True)) for row in _plain(outputs)]
+
+
+def _plain(outputs: Outputs) -> list[Any]:
+    if isinstance(outputs, np.ndarray):
+        return list(outputs.tolist())
+    return [v.tolist() if isinstance(v, np.ndarray) else v for v in outputs]
+
+
+def _is_2d(outputs: Outputs) -> bool:
+    if isinstance(outputs, np.ndarray):
+        return outputs.ndim == 2
+    return bool(outputs) and isinstance(outputs[0], (list, tuple, np.ndarray))
+
+
+def _is_simple(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(isinstance(v, (int, float)) for v in value)
+    return isinstance(value, (int, float)) or (isinstance(value, str) and not set(value) & set(',"\n'))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=_NUMPY)
+    except TypeError:
+        # orjson serialises numeric arrays natively; string/object labels go through lists.
+        return orjson.dumps(_to_builtin(value))
+
+
+def _to_builtin(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _to_builtin(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_builtin(v) for v in value]
+    return value

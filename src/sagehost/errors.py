@@ -1,0 +1,125 @@
+"""The whole sagehost error tree.
+
+```
+SagehostError                    500 internal_error
+├── RequestError                 400 bad_request
+│   ├── EmptyPayload             400 empty_payload
+│   ├── InvalidPayload           400 invalid_payload
+│   ├── SchemaMismatch           400 schema_mismatch      (missing field, wrong width, bad value)
+│   └── UnsupportedMethod        400 unsupported_method   (e.g. predict_proba on a regressor)
+├── NotFound                     404 not_found
+├── MethodNotAllowed             405 method_not_allowed
+├── NotAcceptable                406 not_acceptable       (Accept)
+├── PayloadTooLarge              413 payload_too_large
+├── UnsupportedMediaType         415 unsupported_media_type (Content-Type)
+├── ModelError                   500 model_error          (the model or a user hook raised)
+├── ModelNotReady                503 model_not_ready      (/ping before load completes)
+├── Overloaded                   503 overloaded           (the bounded queue is full)
+└── PredictionTimeout            504 prediction_timeout
+StartupError                     (not HTTP: the process exits with its paragraph)
+├── ConfigError
+└── ModelLoadError
+```
+
+Messages are written for a person to act on. They never carry the request's data or a
+traceback: those go to the log, under the request id.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+
+class SagehostError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str = "An unexpected error occurred; see the server log.") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self, request_id: str | None = None) -> bytes:
+        error: dict[str, str] = {"code": self.code, "message": self.message}
+        if request_id:
+            error["request_id"] = request_id
+        return orjson.dumps({"error": error})
+
+
+class RequestError(SagehostError):
+    status = 400
+    code = "bad_request"
+
+
+class EmptyPayload(RequestError):
+    code = "empty_payload"
+
+
+class InvalidPayload(RequestError):
+    code = "invalid_payload"
+
+
+class SchemaMismatch(RequestError):
+    code = "schema_mismatch"
+
+
+class UnsupportedMethod(RequestError):
+    code = "unsupported_method"
+
+
+class NotFound(SagehostError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(SagehostError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class NotAcceptable(SagehostError):
+    status = 406
+    code = "not_acceptable"
+
+
+class PayloadTooLarge(SagehostError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(SagehostError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ModelError(SagehostError):
+    status = 500
+    code = "model_error"
+
+
+class ModelNotReady(SagehostError):
+    status = 503
+    code = "model_not_ready"
+
+
+class Overloaded(SagehostError):
+    status = 503
+    code = "overloaded"
+
+
+class PredictionTimeout(SagehostError):
+    status = 504
+    code = "prediction_timeout"
+
+
+class StartupError(Exception):
+    """Stops the process before it serves; the message is the paragraph a user reads in CloudWatch."""
+
+
+class ConfigError(StartupError):
+    pass
+
+
+class ModelLoadError(StartupError):
+    pass

@@ -1,0 +1,141 @@
+"""Table -> Rows: put a request's rows in the model's column order and types.
+
+This runs per request, so a bad request fails alone with a 400 that names the field or
+column at fault, never the value (values are the user's data).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from sagehost.errors import SchemaMismatch
+from sagehost.predictor import ColumnKind, ModelSpec, Rows, Table
+
+_MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
+
+
+def conform(table: Table, spec: ModelSpec) -> Rows:
+    table = _strip_header(table, spec)
+    rows, names = _ordered(table, spec)
+    if spec.numeric:
+        return Rows(_numeric(rows, names))
+    return Rows(_mixed(rows, names, spec))
+
+
+def _strip_header(table: Table, spec: ModelSpec) -> Table:
+    """A CSV header row maps columns by name; it is recognised, never required."""
+    rows = table.rows
+    if table.columns is not None or isinstance(rows, np.ndarray) or not rows:
+        return table
+    first = rows[0]
+    if not all(isinstance(cell, str) and not _is_number(cell) for cell in first):
+        return table
+    cells = [cell.strip() for cell in first]
+    if spec.feature_names is not None:
+        is_header = bool(set(cells) & set(spec.feature_names))
+    else:
+        is_header = any(_is_number(cell) for row in rows[1:2] for cell in row)
+    if not is_header:
+        return table
+    return type(table)(rows[1:], tuple(cells), table.shape)
+
+
+def _ordered(table: Table, spec: ModelSpec) -> tuple[Any, tuple[str, ...] | None]:
+    """Rows in the model's column order, and the names of those columns when known."""
+    rows = table.rows
+    if table.columns is not None and spec.feature_names is not None:
+        position = {name: i for i, name in enumerate(table.columns)}
+        missing = [name for name in spec.feature_names if name not in position]
+        if missing:
+            raise SchemaMismatch(
+                f"Missing field(s) {_names(missing)}. The model expects: {_names(spec.feature_names)}."
+            )
+        index = [position[name] for name in spec.feature_names]
+        if index != list(range(len(table.columns))):
+            rows = [[row[i] for i in index] for row in rows]
+        return rows, spec.feature_names
+    width = len(table.columns) if table.columns is not None else None
+    _check_width(rows, spec, width)
+    return rows, spec.feature_names or table.columns
+
+
+def _check_width(rows: Any, spec: ModelSpec, width: int | None) -> None:
+    expected = spec.n_features
+    if isinstance(rows, np.ndarray):
+        widths = {rows.shape[1]}
+    else:
+        widths = {len(row) for row in rows}
+    if len(widths) > 1:
+        raise SchemaMismatch(f"Rows have different numbers of values ({_span(widths)}); each row needs the same.")
+    got = width if width is not None else next(iter(widths))
+    if expected is not None and got != expected:
+        raise SchemaMismatch(f"Expected {expected} values per row, got {got}.")
+
+
+def _numeric(rows: Any, names: tuple[str, ...] | None) -> np.ndarray[Any, Any]:
+    try:
+        array = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError):
+        array = np.array([[_to_float(cell, i, names) for i, cell in enumerate(row)] for row in rows])
+    if array.ndim != 2:
+        raise SchemaMismatch("Each row must be a flat list of values.")
+    return array
+
+
+def _mixed(rows: Any, names: tuple[str, ...] | None, spec: ModelSpec) -> list[list[Any]]:
+    kinds = spec.kinds or ()
+    if isinstance(rows, np.ndarray):
+        rows = rows.tolist()
+    converted: list[list[Any]] = []
+    for row in rows:
+        converted.append(
+            [
+                _to_text(cell) if kind is ColumnKind.TEXT else _to_float(cell, i, names)
+                for i, (cell, kind) in enumerate(zip(row, kinds, strict=True))
+            ]
+        )
+    return converted
+
+
+def _to_float(cell: Any, index: int, names: tuple[str, ...] | None) -> float:
+    if cell is None:
+        return math.nan
+    if isinstance(cell, str):
+        text = cell.strip()
+        if text.lower() in _MISSING_TEXT:
+            return math.nan
+        cell = text
+    try:
+        return float(cell)
+    except (ValueError, TypeError):
+        where = repr(names[index]) if names and index < len(names) else f"at position {index + 1}"
+        raise SchemaMismatch(f"Field {where} must be a number.") from None
+
+
+def _to_text(cell: Any) -> Any:
+    if cell is None or isinstance(cell, str):
+        return cell
+    if isinstance(cell, float) and cell.is_integer():
+        return str(int(cell))
+    return str(cell)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _names(names: Any, limit: int = 12) -> str:
+    shown = [repr(n) for n in list(names)[:limit]]
+    more = len(names) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _span(widths: set[int]) -> str:
+    return f"{min(widths)} to {max(widths)}"

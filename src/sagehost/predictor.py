@@ -1,0 +1,162 @@
+"""The one contract everything composes through.
+
+A **Predictor** takes a batch of rows and returns exactly one output per row, in order:
+
+    async def predict(rows: Rows, method: Method) -> Outputs
+
+Flavors load a synchronous **Model** (the same call, blocking); `InThread` adapts a Model into a
+Predictor by running it on the worker's model thread, and `MicroBatcher` wraps a Predictor and
+is one. Behaviour is added by wrapping, never by patching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from sagehost.config import Method
+
+Outputs = np.ndarray[Any, Any] | Sequence[Any]
+"""One output per input row: a 1-D array (labels, values), a 2-D array (probabilities), or a list."""
+
+
+class Shape(Enum):
+    """How the request laid out its rows; the answer mirrors it."""
+
+    ROWS = "rows"  # [[1, 2], [3, 4]], CSV, JSON lines, NPY, {"data": ...}
+    ROW = "row"  # [1, 2]: one bare row
+    RECORD = "record"  # {"age": 4, "gender": "M"}: one object of named fields
+    RECORDS = "records"  # [{"age": 4}, {"age": 5}]
+    WRAPPED = "wrapped"  # MLflow's dataframe_* and TF-Serving's instances/inputs: {"predictions": ...}
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A decoded request: rows as the client sent them, with column names when it gave any."""
+
+    rows: list[list[Any]] | np.ndarray[Any, Any]
+    columns: tuple[str, ...] | None = None
+    shape: Shape = Shape.ROWS
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows conformed to the model: its column order, its value types.
+
+    `values` is a float 2-D array for all-numeric models and a list of row lists otherwise.
+    """
+
+    values: list[list[Any]] | np.ndarray[Any, Any]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @staticmethod
+    def concat(parts: Sequence[Rows]) -> Rows:
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0].values
+        if isinstance(first, np.ndarray):
+            return Rows(np.concatenate([np.asarray(p.values) for p in parts]))
+        merged: list[list[Any]] = []
+        for part in parts:
+            merged.extend(list(part.values))
+        return Rows(merged)
+
+
+class ColumnKind(Enum):
+    NUMBER = "number"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What serving needs to know about a loaded model."""
+
+    methods: frozenset[str]
+    feature_names: tuple[str, ...] | None = None
+    n_features: int | None = None
+    kinds: tuple[ColumnKind, ...] | None = None
+    """Per feature; None means all numeric."""
+    classes: tuple[Any, ...] | None = None
+    sample: list[list[Any]] | None = None
+    """One or more valid rows (model order) for the warm-up prediction, when known."""
+    fork_safe: bool = True
+    description: str = "model"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def numeric(self) -> bool:
+        return self.kinds is None or all(k is ColumnKind.NUMBER for k in self.kinds)
+
+
+class Model(Protocol):
+    """A loaded model: blocking, called from the model thread only."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    def predict(self, rows: Rows, method: Method) -> Outputs: ...
+
+
+class Predictor(Protocol):
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    async def predict(self, rows: Rows, method: Method) -> Outputs: ...
+
+
+T = TypeVar("T")
+
+
+class ModelThread:
+    """The worker's single model thread.
+
+    One thread per worker process keeps model calls off the event loop (so /ping never waits
+    behind a prediction) without oversubscribing the cores: workers already use them all.
+    Created lazily, so it is born in the worker, after any fork.
+    """
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = 0
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None or self._pid != os.getpid():
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="sagehost-model")
+            self._pid = os.getpid()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        if self._executor is not None and self._pid == os.getpid():
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+
+
+MODEL_THREAD = ModelThread()
+
+
+class InThread:
+    """A Model as a Predictor: each call runs on the worker's model thread."""
+
+    def __init__(self, model: Model, thread: ModelThread = MODEL_THREAD) -> None:
+        self._model = model
+        self._thread = thread
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._model.spec
+
+    async def predict(self, rows: Rows, method: Method) -> Outputs:
+        result: Outputs = await self._thread.run(self._model.predict, rows, method)
+        return result
