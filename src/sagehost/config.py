@@ -222,3 +222,14 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("log_level", ("SAGEHOST_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL"), _log_level),
     ("channel", ("SAGEHOST_CHANNEL",), _str),
 )
+
+
+def thread_limits(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Thread-pool sizes for numeric libraries so N workers share the cores instead of fighting.
+
+    Only variables the user has not set; apply them before numpy is imported.
+    """
+    env = os.environ if environ is None else environ
+    per_worker = str(max(1, (os.cpu_count() or 1) // settings.workers))
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    return {name: per_worker for name in names if name not in env}

@@ -40,6 +40,10 @@ class SagehostError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def http_status(self) -> int:
+        return self.status
+
     def body(self, request_id: str | None = None) -> bytes:
         error: dict[str, str] = {"code": self.code, "message": self.message}
         if request_id:

@@ -12,6 +12,7 @@ is one. Behaviour is added by wrapping, never by patching.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,9 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from sagehost.config import Method
+from sagehost.errors import ModelError, SagehostError
+
+log = logging.getLogger("sagehost.predict")
 
 Outputs = np.ndarray[Any, Any] | Sequence[Any]
 """One output per input row: a 1-D array (labels, values), a 2-D array (probabilities), or a list."""
@@ -158,5 +162,18 @@ class InThread:
         return self._model.spec
 
     async def predict(self, rows: Rows, method: Method) -> Outputs:
-        result: Outputs = await self._thread.run(self._model.predict, rows, method)
+        result: Outputs = await self._thread.run(self._call, rows, method)
         return result
+
+    def _call(self, rows: Rows, method: Method) -> Outputs:
+        # The boundary where a model's own exceptions become ours: the traceback goes to the
+        # log, the response says what raised.
+        try:
+            return self._model.predict(rows, method)
+        except SagehostError:
+            raise
+        except Exception as exc:
+            log.exception("The model raised on a batch of %d rows", len(rows))
+            raise ModelError(
+                f"The model raised {type(exc).__name__} during {method}; the server log has the traceback."
+            ) from None

@@ -22,9 +22,7 @@ from sagehost.predictor import Outputs, Shape
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
-def encode(
-    outputs: Outputs, accept: str, shape: Shape = Shape.ROWS, labels: Sequence[str] | None = None
-) -> bytes:
+def encode(outputs: Outputs, accept: str, shape: Shape = Shape.ROWS, labels: Sequence[str] | None = None) -> bytes:
     if accept == media.JSON:
         return encode_json(outputs, shape, labels)
     if accept == media.CSV:

@@ -59,8 +59,7 @@ def negotiate(accept: str | None, default: str, offered: tuple[str, ...] = ENCOD
                 if candidate.startswith(prefix):
                     return candidate
     raise NotAcceptable(
-        f"Cannot answer in {accept.strip()[:100]!r}. Ask for one of: {', '.join(offered)} "
-        "(or */* for the default)."
+        f"Cannot answer in {accept.strip()[:100]!r}. Ask for one of: {', '.join(offered)} (or */* for the default)."
     )
 
 

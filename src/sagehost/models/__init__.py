@@ -1,0 +1,136 @@
+"""Find and load what a model directory holds; zero code for the common cases.
+
+Order: the user's script (code/inference.py, or SAGEMAKER_PROGRAM in SAGEMAKER_SUBMIT_DIRECTORY),
+then a model file (`model.joblib`, `*.pkl`, `*.pickle`, `*.joblib`), then a `model.tar.gz`
+(unpacked to scratch: the model dir may be read-only). A directory we cannot serve stops the
+process with one paragraph: what was found, what was expected, what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+from pathlib import Path
+
+from sagehost.config import Settings
+from sagehost.errors import ModelLoadError
+from sagehost.models.script import ScriptHandler, call_hook, import_script
+from sagehost.models.sklearn import PICKLE_SUFFIXES, EstimatorModel, load_file
+from sagehost.predictor import Model
+
+log = logging.getLogger("sagehost.models")
+
+Loaded = Model | ScriptHandler
+ARCHIVE = "model.tar.gz"
+
+
+def load(settings: Settings) -> Loaded:
+    model_dir = settings.model_dir
+    if not model_dir.is_dir():
+        raise ModelLoadError(
+            f"The model directory {model_dir} does not exist. On SageMaker it is where model.tar.gz is "
+            "unpacked; locally, pass --model-dir DIR (or set SM_MODEL_DIR)."
+        )
+    script_path = _script_path(settings)
+    if script_path is not None:
+        return _load_script(script_path, model_dir, settings)
+    return load_model(model_dir, settings)
+
+
+def load_model(model_dir: Path, settings: Settings) -> EstimatorModel:
+    artifact = find_model_file(model_dir)
+    if artifact is None:
+        archive = model_dir / ARCHIVE
+        if archive.is_file():
+            return load_model(unpack(archive, settings.scratch_dir), settings)
+        raise ModelLoadError(_nothing_found(model_dir, settings))
+    log.info("Loading %s", artifact)
+    return EstimatorModel(load_file(artifact), artifact.name, fast_path=settings.fast_path)
+
+
+def find_model_file(model_dir: Path) -> Path | None:
+    candidates = sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    preferred = [p for p in candidates if p.stem == "model"]
+    if len(preferred) == 1:
+        return preferred[0]
+    names = ", ".join(p.name for p in candidates)
+    raise ModelLoadError(
+        f"{model_dir} holds several model files ({names}) and none is named model.*. "
+        "Keep one, or name the one to serve model.joblib / model.pkl."
+    )
+
+
+def unpack(archive: Path, scratch: Path) -> Path:
+    scratch.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix="model-", dir=scratch))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")  # refuses absolute paths, .. and device files
+    except (tarfile.TarError, OSError) as exc:
+        raise ModelLoadError(f"{archive} could not be unpacked ({exc}). Is it a complete .tar.gz?") from None
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    if len(entries) == 1 and entries[0].is_dir():
+        # The classic mistake: `tar czf model.tar.gz model/` nests everything one level down.
+        log.warning(
+            "%s has everything under %s/; SageMaker would unpack it there too. "
+            "Build it with `sagehost package` or `tar czf model.tar.gz -C DIR .`.",
+            archive,
+            entries[0].name,
+        )
+        return entries[0]
+    log.info("Unpacked %s into %s", archive, target)
+    return target
+
+
+def _script_path(settings: Settings) -> Path | None:
+    code_dir = settings.resolved_code_dir
+    if "://" in str(settings.code_dir or ""):
+        # The SDK may name an S3 tarball here; its code is repacked into model.tar.gz under code/.
+        code_dir = settings.model_dir / "code"
+    path = code_dir / settings.program
+    if path.is_file():
+        return path
+    if settings.code_dir is not None or settings.program != "inference.py":
+        raise ModelLoadError(
+            f"SAGEMAKER_PROGRAM / SAGEMAKER_SUBMIT_DIRECTORY name {path}, which does not exist. "
+            f"Put the script there, or unset them to serve {settings.model_dir} with no code."
+        )
+    return None
+
+
+def _load_script(path: Path, model_dir: Path, settings: Settings) -> Loaded:
+    script = import_script(path)
+    model_fn = script.hook("model_fn")
+    if model_fn is None:
+        model = load_model(model_dir, settings)
+        if script.model_fn_only:
+            return model
+        estimator = model.estimator
+    else:
+        try:
+            estimator = call_hook(model_fn, str(model_dir))
+        except Exception as exc:
+            log.exception("model_fn raised")
+            raise ModelLoadError(
+                f"model_fn in {path} raised {type(exc).__name__}: {exc}. The traceback is above."
+            ) from None
+    if script.model_fn_only:
+        return EstimatorModel(estimator, f"{path.name}:model_fn", fast_path=settings.fast_path)
+    return ScriptHandler(script, estimator, settings.default_accept)
+
+
+def _nothing_found(model_dir: Path, settings: Settings) -> str:
+    found = sorted(p.name + ("/" if p.is_dir() else "") for p in model_dir.iterdir())
+    shown = ", ".join(found[:15]) + (f" and {len(found) - 15} more" if len(found) > 15 else "")
+    return (
+        f"sagehost found no model to serve in {model_dir}. Found: {shown or 'nothing (the directory is empty)'}. "
+        f"Expected one of: model.joblib, a *.pkl / *.pickle / *.joblib file, a {ARCHIVE}, "
+        f"or code/{settings.program} defining model_fn. To fix: save the fitted model with "
+        "joblib.dump(model, 'model.joblib') into that directory (on SageMaker: at the root of "
+        "model.tar.gz, not in a sub-folder), or add code/inference.py."
+    )

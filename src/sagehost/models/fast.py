@@ -74,10 +74,16 @@ class TreeEnsemble:
         leaf_self = [np.arange(t.node_count) for t in trees]
         # A leaf points at itself, so walking past it is harmless and every tree takes `depth` steps.
         self.left = np.concatenate(
-            [np.where(t.children_left < 0, own, t.children_left) + off for t, own, off in zip(trees, leaf_self, offsets)]
+            [
+                np.where(t.children_left < 0, own, t.children_left) + off
+                for t, own, off in zip(trees, leaf_self, offsets, strict=False)
+            ]
         ).astype(np.intp)
         self.right = np.concatenate(
-            [np.where(t.children_right < 0, own, t.children_right) + off for t, own, off in zip(trees, leaf_self, offsets)]
+            [
+                np.where(t.children_right < 0, own, t.children_right) + off
+                for t, own, off in zip(trees, leaf_self, offsets, strict=False)
+            ]
         ).astype(np.intp)
         self.feature = np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.intp)
         self.threshold = np.concatenate([t.threshold for t in trees])

@@ -64,10 +64,7 @@ def _ordered(table: Table, spec: ModelSpec) -> tuple[Any, tuple[str, ...] | None
 
 def _check_width(rows: Any, spec: ModelSpec, width: int | None) -> None:
     expected = spec.n_features
-    if isinstance(rows, np.ndarray):
-        widths = {rows.shape[1]}
-    else:
-        widths = {len(row) for row in rows}
+    widths = {rows.shape[1]} if isinstance(rows, np.ndarray) else {len(row) for row in rows}
     if len(widths) > 1:
         raise SchemaMismatch(f"Rows have different numbers of values ({_span(widths)}); each row needs the same.")
     got = width if width is not None else next(iter(widths))

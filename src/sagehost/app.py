@@ -1,0 +1,220 @@
+"""The ASGI app: routes parse, delegate to the service, encode. Nothing else.
+
+A bare ASGI callable rather than a framework: at tens of thousands of requests a second the
+framework's per-request routing and Request objects are a measurable share of the time.
+
+Routes: GET /ping, POST /invocations, GET /execution-parameters, GET /predict_parameters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import urllib.parse
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from sagehost import contract
+from sagehost.codecs import media
+from sagehost.config import METHODS, Method, Settings
+from sagehost.errors import (
+    InvalidPayload,
+    MethodNotAllowed,
+    ModelNotReady,
+    NotFound,
+    PayloadTooLarge,
+    SagehostError,
+)
+from sagehost.service import Invocation, Service
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ServiceFactory = Callable[[], Awaitable[Service]]
+
+log = logging.getLogger("sagehost.app")
+
+_JSON = [(b"content-type", b"application/json")]
+_HEALTHY = b'{"status":"healthy"}'
+
+
+class App:
+    def __init__(self, settings: Settings, load_service: ServiceFactory) -> None:
+        self.settings = settings
+        self.service: Service | None = None
+        self.failed = False
+        self._load_service = load_service
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}-"
+        self._execution_parameters = orjson.dumps(
+            {
+                "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
+                "BatchStrategy": settings.batch_strategy,
+                "MaxPayloadInMB": min(settings.max_payload_mb, 100),
+            }
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.service = await self._load_service()
+                except Exception as exc:
+                    self.failed = True
+                    log.error("%s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        verb = scope["method"]
+        try:
+            if path == "/invocations":
+                _allow(verb, "POST")
+                await self._invocations(scope, receive, send)
+            elif path == "/ping":
+                _allow(verb, "GET")
+                self._ready()
+                await _respond(send, scope, 200, _HEALTHY, _JSON)
+            elif path == "/execution-parameters":
+                _allow(verb, "GET")
+                await _respond(send, scope, 200, self._execution_parameters, _JSON)
+            elif path == "/predict_parameters":
+                _allow(verb, "GET")
+                await self._predict_parameters(scope, send)
+            else:
+                raise NotFound(f"No route {path[:100]!r}. This server answers GET /ping and POST /invocations.")
+        except SagehostError as exc:
+            await self._error(send, scope, exc)
+
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        service = self._ready()
+        body = await self._read_body(headers, receive)
+        query = _query(scope)
+        attributes = headers.get(contract.CUSTOM_ATTRIBUTES_HEADER)
+        invocation = Invocation(
+            body=body,
+            content_type=headers.get("content-type"),
+            accept=headers.get("accept"),
+            method=_method(query.get("method"), attributes),
+        )
+        reply = await service.invoke(invocation)
+        extra = [(b"content-type", reply.content_type.encode("latin-1"))]
+        if attributes is not None:
+            # SageMaker returns the container's custom attributes to the caller only if echoed.
+            extra.append((contract.CUSTOM_ATTRIBUTES_HEADER.encode(), attributes.encode("latin-1")))
+        await _respond(send, scope, 200, reply.body, extra)
+
+    async def _predict_parameters(self, scope: Scope, send: Send) -> None:
+        """The H2O scorer's GET endpoint: one named row from the query string."""
+        service = self._ready()
+        query = _query(scope)
+        method = query.pop("method", None)
+        if not query:
+            raise InvalidPayload("Give the row's fields in the query string: /predict_parameters?age=4&gender=M")
+        invocation = Invocation(orjson.dumps(query), media.JSON, media.JSON, _method(method, None))
+        reply = await service.invoke(invocation)
+        await _respond(send, scope, 200, reply.body, [(b"content-type", reply.content_type.encode("latin-1"))])
+
+    def _ready(self) -> Service:
+        if self.service is None:
+            raise ModelNotReady("The model is still loading; /ping answers 200 once it can predict.")
+        return self.service
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        limit = self.settings.max_payload_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked bodies (Batch Transform with MaxPayloadInMB=0) have no length
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _error(self, send: Send, scope: Scope, exc: SagehostError) -> None:
+        request_id = self._id_prefix + format(next(self._ids), "x")
+        status = exc.http_status
+        if status >= 500:
+            log.error("request %s failed: %s %s", request_id, exc.code, exc.message)
+        else:
+            log.info("request %s rejected: %s %s", request_id, exc.code, exc.message)
+        headers = [*_JSON, (b"x-request-id", request_id.encode())]
+        if isinstance(exc, PayloadTooLarge):
+            headers.append((b"connection", b"close"))  # the rest of the body was never read
+        await _respond(send, scope, status, exc.body(request_id), headers)
+
+
+def _allow(verb: str, allowed: str) -> None:
+    if verb != allowed and not (allowed == "GET" and verb == "HEAD"):
+        raise MethodNotAllowed(f"Use {allowed} here, not {verb}.")
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The body is larger than the {limit // contract.MIB} MB limit (SAGEMAKER_MAX_PAYLOAD_IN_MB). "
+        "Send fewer rows per request, or use Batch Transform or asynchronous inference for large payloads."
+    )
+
+
+def _method(from_query: str | None, attributes: str | None) -> Method | None:
+    chosen = from_query
+    if chosen is None and attributes:
+        for part in attributes.replace(";", ",").split(","):
+            key, _, value = part.partition("=")
+            if key.strip().lower() == "method":
+                chosen = value.strip()
+    if chosen is None:
+        return None
+    for method in METHODS:
+        if chosen == method:
+            return method
+    raise InvalidPayload(f"Unknown method {chosen[:40]!r}; use one of: {', '.join(METHODS)}.")
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    raw = scope.get("query_string", b"")
+    if not raw:
+        return {}
+    return dict(urllib.parse.parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
+async def _respond(send: Send, scope: Scope, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    all_headers = [*headers, (b"content-length", str(len(body)).encode())]
+    if scope.get("http_version") == "1.0" and _wants_keep_alive(scope):
+        # HTTP/1.0 clients (ab -k) keep the connection only when the answer says so.
+        all_headers.append((b"connection", b"keep-alive"))
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def _wants_keep_alive(scope: Scope) -> bool:
+    return any(name == b"connection" and b"keep-alive" in value.lower() for name, value in scope["headers"])

@@ -1,0 +1,86 @@
+"""The `sagehost` command, and the `serve` / `train` executables SageMaker runs in an image."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sagehost import contract
+from sagehost.config import METHODS, Settings, thread_limits
+from sagehost.errors import ConfigError
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        return Settings.from_environ(overrides=flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+        force=True,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sagehost")
+def main() -> None:
+    """Serve any trained model behind the Amazon SageMaker hosting contract."""
+
+
+@main.command()
+@click.option("--model-dir", type=click.Path(path_type=Path), help="Model directory [SM_MODEL_DIR; /opt/ml/model].")
+@click.option("--host", help=f"Address to bind [SAGEHOST_HOST; {contract.DEFAULT_HOST}].")
+@click.option("--port", type=int, help="Port [SAGEHOST_PORT; 8080]. SAGEMAKER_BIND_TO_PORT wins when set.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [SAGEMAKER_MODEL_SERVER_WORKERS; CPUs].")
+@click.option("--timeout", "timeout_s", type=float, help="Prediction timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
+@click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
+@click.option("--default-accept", help="Answer type for */* [SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT].")
+@click.option("--default-method", type=click.Choice(METHODS), help="[SAGEHOST_DEFAULT_METHOD; predict].")
+@click.option("--target-name", help="Label prefix for named probabilities [SAGEHOST_TARGET_NAME].")
+@click.option("--max-batch-rows", type=click.IntRange(min=1), help="Rows per model call [SAGEHOST_MAX_BATCH_ROWS; 64].")
+@click.option("--max-batch-wait-ms", type=click.FloatRange(min=0), help="[SAGEHOST_MAX_BATCH_WAIT_MS; 0].")
+@click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests per worker [SAGEHOST_MAX_QUEUE].")
+@click.option("--preload/--no-preload", default=None, help="Load before forking [SAGEHOST_PRELOAD; auto].")
+@click.option("--fast-path/--no-fast-path", default=None, help="Lean tree/linear paths [SAGEHOST_FAST_PATH; on].")
+@click.option("--log-level", help="[SAGEHOST_LOG_LEVEL / SAGEMAKER_CONTAINER_LOG_LEVEL; INFO].")
+def serve(max_payload_mb: int | None, **flags: Any) -> None:
+    """Serve GET /ping and POST /invocations (SageMaker's contract) on :8080."""
+    if max_payload_mb is not None:
+        flags["max_payload_bytes"] = max_payload_mb * contract.MIB
+    settings = _settings(**flags)
+    _logging(settings.log_level)
+    os.environ.update(thread_limits(settings))  # before numpy loads in the server's imports
+    from sagehost.server import serve as run
+
+    sys.exit(run(settings))
+
+
+@main.command()
+@click.option("--source", type=click.Path(path_type=Path), help="A model baked into the image, instead of a channel.")
+@click.option("--channel", help="Input channel holding the model [SAGEHOST_CHANNEL; training].")
+def train(source: Path | None, channel: str | None) -> None:
+    """Copy a pre-trained model into /opt/ml/model (SageMaker's `train`)."""
+    settings = _settings(channel=channel)
+    _logging(settings.log_level)
+    from sagehost.train import train as run
+
+    sys.exit(run(settings, source))
+
+
+def serve_entry() -> None:
+    """`serve` on PATH: SageMaker starts images as `docker run IMAGE serve`."""
+    main(["serve", *sys.argv[1:]])
+
+
+def train_entry() -> None:
+    main(["train", *sys.argv[1:]])

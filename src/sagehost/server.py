@@ -1,0 +1,281 @@
+"""Process model: bind, load (answering 503 meanwhile), warm up, fork workers, supervise, drain.
+
+- The socket is bound first, so SageMaker's connections are accepted at once (it wants them
+  within 250 ms) and its pings get a 503 while the model loads, not silence.
+- Where the model allows it, it is loaded once before forking so workers share its pages.
+- Each worker is uvicorn (httptools + uvloop) on the shared socket with one model thread.
+- SIGTERM: stop intake, finish in-flight requests, exit 0 inside SageMaker's 30 s window.
+  A worker that dies is replaced; a worker that cannot start stops the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sagehost import codecs, contract
+from sagehost.app import App
+from sagehost.batching import MicroBatcher
+from sagehost.config import Settings
+from sagehost.errors import ModelLoadError, ModelNotReady, SagehostError, StartupError
+from sagehost.models import Loaded, load
+from sagehost.models.schema import conform
+from sagehost.models.script import ScriptHandler
+from sagehost.predictor import MODEL_THREAD, InThread, Model, Table
+from sagehost.service import RowService, ScriptService, Service
+
+log = logging.getLogger("sagehost.server")
+
+STARTUP_FAILED = 3  # a worker's exit code when its model cannot load: do not restart it
+INPUT_EXAMPLE = "input_example.json"
+
+
+class KeepAliveHttpTools(HttpToolsProtocol):
+    """httptools, keeping HTTP/1.0 connections alive when the client asks (`ab -k` does).
+
+    uvicorn closes every HTTP/1.0 connection; nginx, granian and gunicorn honour
+    `Connection: keep-alive`, and benchmarks that use ab would otherwise measure reconnects.
+    """
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive() and self.cycle:
+            self.cycle.keep_alive = True
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM; the exit code for the process."""
+    sock = bind(settings.host, settings.port)
+    log.info("Listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
+    preloaded: Loaded | None = None
+    try:
+        if settings.preload is not False:
+            preloaded = load_answering_503(sock, settings)
+            if settings.preload is None and not _fork_safe(preloaded):
+                preloaded = None  # each worker loads its own copy after fork
+    except StartupError as exc:
+        report_startup_failure(exc, settings)
+        return 1
+    if settings.workers == 1:
+        return run_worker(sock, settings, preloaded)
+    return supervise(sock, settings, preloaded)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def load_and_warm(settings: Settings) -> Loaded:
+    loaded = load(settings)
+    warm_up(loaded, settings)
+    return loaded
+
+
+def warm_up(loaded: Loaded, settings: Settings) -> None:
+    """One prediction before /ping says 200, when a valid row is known: never healthy-but-broken."""
+    if isinstance(loaded, ScriptHandler):
+        return
+    table = _sample(loaded, settings.model_dir)
+    if table is None:
+        return
+    method = settings.default_method if settings.default_method in loaded.spec.methods else "predict"
+    try:
+        outputs = loaded.predict(conform(table, loaded.spec), method)
+    except (Exception, SagehostError) as exc:
+        log.exception("Warm-up prediction failed")
+        raise ModelLoadError(
+            f"The model loaded ({loaded.spec.description}) but a warm-up {method} on a sample row raised "
+            f"{type(exc).__name__}: {exc}. It would fail every request, so the server does not start. "
+            "Check that the model file and the installed library versions match."
+        ) from None
+    if len(outputs) != len(table):
+        raise ModelLoadError(f"The warm-up {method} returned {len(outputs)} outputs for {len(table)} rows.")
+    log.info("Warm-up %s passed on %d row(s)", method, len(table))
+
+
+def _sample(model: Model, model_dir: Path) -> Table | None:
+    example = model_dir / INPUT_EXAMPLE
+    if example.is_file():
+        return codecs.decode(example.read_bytes(), "application/json")
+    if model.spec.sample:
+        return Table(model.spec.sample)
+    return None
+
+
+def build_service(loaded: Loaded, settings: Settings) -> Service:
+    if isinstance(loaded, ScriptHandler):
+        return ScriptService(loaded, settings)
+    batcher = MicroBatcher(
+        InThread(loaded),
+        max_rows=settings.max_batch_rows,
+        max_wait_s=settings.max_batch_wait_ms / 1000,
+        max_queue=settings.max_queue,
+    )
+    return RowService(batcher, settings)
+
+
+def run_worker(sock: socket.socket, settings: Settings, preloaded: Loaded | None) -> int:
+    async def load_service() -> Service:
+        loaded = preloaded
+        if loaded is None:
+            loaded = await MODEL_THREAD.run(load_and_warm, settings)
+        return build_service(loaded, settings)
+
+    app = App(settings, load_service)
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        http=KeepAliveHttpTools,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        # Longer than the platform's request cadence, so pooled connections are not cut mid-use.
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=int(contract.SHUTDOWN_GRACE_S),
+        backlog=2048,
+    )
+    # uvicorn re-raises the SIGTERM it caught once it has drained; a no-op handler underneath
+    # turns that into a clean exit 0 instead of death by signal.
+    signal.signal(signal.SIGTERM, _ignore)
+    signal.signal(signal.SIGINT, _ignore)
+    uvicorn.Server(config).run(sockets=[sock])
+    MODEL_THREAD.shutdown()
+    return STARTUP_FAILED if app.failed else 0
+
+
+def supervise(sock: socket.socket, settings: Settings, preloaded: Loaded | None) -> int:
+    children: dict[int, int] = {}
+    stopping = False
+    restarts: list[float] = []
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = run_worker(sock, settings, preloaded)
+            except BaseException:
+                log.exception("Worker %d crashed", os.getpid())
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            log.info("Received %s: draining %d worker(s)", signal.Signals(signum).name, len(children))
+        stopping = True
+        _signal_all(children, signal.SIGTERM)
+        signal.alarm(int(contract.SHUTDOWN_GRACE_S) + 3)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGALRM, lambda *_: _signal_all(children, signal.SIGKILL))
+    for slot in range(settings.workers):
+        spawn(slot)
+    failed = False
+    while children:
+        pid, status = os.wait()
+        slot = children.pop(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        if code == STARTUP_FAILED:
+            log.error("Worker %d could not load the model; stopping the server.", pid)
+            failed = stopping = True
+            _signal_all(children, signal.SIGTERM)
+            continue
+        log.error("Worker %d exited unexpectedly (code %d); starting a replacement.", pid, code)
+        restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
+        time.sleep(min(5.0, 0.1 * 2 ** min(len(restarts), 6)))  # back off a crash loop
+        spawn(slot)
+    sock.close()
+    return 1 if failed else 0
+
+
+def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
+    """Load in a thread while this thread answers every connection 503 (model loading)."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["loaded"] = load_and_warm(settings)
+        except BaseException as exc:
+            result["error"] = exc
+
+    loader = threading.Thread(target=target, name="sagehost-load", daemon=True)
+    loader.start()
+    with selectors.DefaultSelector() as selector:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+        while loader.is_alive():
+            if selector.select(timeout=0.05):
+                _answer_loading(sock)
+    loader.join()
+    if "error" in result:
+        error = result["error"]
+        if isinstance(error, StartupError):
+            raise error
+        log.error("Loading the model failed", exc_info=error)
+        raise ModelLoadError(f"Loading the model raised {type(error).__name__}: {error}. The traceback is above.")
+    loaded: Loaded = result["loaded"]
+    return loaded
+
+
+_LOADING_BODY = ModelNotReady("The model is still loading; /ping answers 200 once it can predict.").body()
+_LOADING = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_LOADING_BODY), _LOADING_BODY)
+)
+
+
+def _answer_loading(sock: socket.socket) -> None:
+    try:
+        conn, _ = sock.accept()
+    except (BlockingIOError, InterruptedError):
+        return
+    with conn:
+        conn.settimeout(0.5)
+        try:
+            conn.recv(65536)
+            conn.sendall(_LOADING)
+        except OSError:
+            pass
+
+
+def _fork_safe(loaded: Loaded) -> bool:
+    return isinstance(loaded, ScriptHandler) or loaded.spec.fork_safe
+
+
+def report_startup_failure(exc: StartupError, settings: Settings) -> None:
+    """The paragraph a user reads in CloudWatch, on stderr and (in a training job) the failure file."""
+    print(f"sagehost: cannot start. {exc}", file=sys.stderr, flush=True)
+
+
+def _signal_all(children: dict[int, int], sig: int) -> None:
+    for pid in list(children):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    return None

@@ -1,0 +1,113 @@
+"""One invocation, end to end: decode -> conform -> predict -> encode. No HTTP here.
+
+`RowService` is the zero-code path: requests become rows, rows are micro-batched.
+`ScriptService` runs a user's inference.py hooks per request, as the AWS toolkit does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from sagehost import codecs
+from sagehost.config import Method, Settings
+from sagehost.errors import Overloaded, PredictionTimeout, UnsupportedMethod
+from sagehost.models.schema import conform
+from sagehost.models.script import ScriptHandler
+from sagehost.predictor import MODEL_THREAD, ModelThread, Predictor, Rows, Shape
+
+# Bigger bodies are decoded off the event loop, so /ping keeps answering while a 6 MB CSV parses.
+_OFFLOAD_BYTES = 256 * 1024
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    body: bytes
+    content_type: str | None
+    accept: str | None
+    method: Method | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: bytes
+    content_type: str
+
+
+class Service(Protocol):
+    @property
+    def description(self) -> str: ...
+
+    async def invoke(self, invocation: Invocation) -> Reply: ...
+
+
+class RowService:
+    def __init__(self, predictor: Predictor, settings: Settings) -> None:
+        self._predictor = predictor
+        self._settings = settings
+        spec = predictor.spec
+        self._labels = _labels(spec.classes, settings.target_name) if spec.classes else None
+
+    @property
+    def description(self) -> str:
+        return self._predictor.spec.description
+
+    async def invoke(self, invocation: Invocation) -> Reply:
+        accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
+        method = invocation.method or self._settings.default_method
+        spec = self._predictor.spec
+        if method not in spec.methods:
+            raise UnsupportedMethod(f"This model has no {method}; it offers: {', '.join(sorted(spec.methods))}.")
+        if len(invocation.body) > _OFFLOAD_BYTES:
+            rows, shape = await asyncio.to_thread(self.prepare, invocation)
+        else:
+            rows, shape = self.prepare(invocation)
+        outputs = await _within(self._predictor.predict(rows, method), self._settings.timeout_s)
+        labels = self._labels if method == "predict_proba" else None
+        return Reply(codecs.encode(outputs, accept, shape, labels), accept)
+
+    def prepare(self, invocation: Invocation) -> tuple[Rows, Shape]:
+        table = codecs.decode(invocation.body, invocation.content_type)
+        return conform(table, self._predictor.spec), table.shape
+
+
+class ScriptService:
+    def __init__(self, handler: ScriptHandler, settings: Settings, thread: ModelThread = MODEL_THREAD) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._thread = thread
+        self._in_flight = 0
+
+    @property
+    def description(self) -> str:
+        return self._handler.description
+
+    async def invoke(self, invocation: Invocation) -> Reply:
+        if self._in_flight >= self._settings.max_queue:
+            raise Overloaded(f"The server is at capacity ({self._settings.max_queue} requests waiting); retry shortly.")
+        self._in_flight += 1
+        try:
+            call = self._thread.run(
+                self._handler.handle, invocation.body, invocation.content_type or "", invocation.accept
+            )
+            body, content_type = await _within(call, self._settings.timeout_s)
+        finally:
+            self._in_flight -= 1
+        return Reply(body, content_type)
+
+
+async def _within(call: Awaitable[T], timeout_s: float) -> T:
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except asyncio.TimeoutError:
+        raise PredictionTimeout(
+            f"The prediction took longer than {timeout_s:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT). "
+            "Send fewer rows per request, or use Batch Transform or asynchronous inference for long work."
+        ) from None
+
+
+def _labels(classes: tuple[object, ...], target: str | None) -> list[str]:
+    return [f"{target}.{c}" if target else str(c) for c in classes]
