@@ -57,6 +57,10 @@ class EstimatorModel:
         return self._spec
 
     @property
+    def uses_fast_path(self) -> bool:
+        return self._fast is not None
+
+    @property
     def estimator(self) -> Any:
         return self._estimator
 

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sagehost.batching import MicroBatcher
+from sagehost.config import Method
+from sagehost.errors import ModelError, Overloaded
+from sagehost.predictor import ModelSpec, Outputs, Rows
+
+SPEC = ModelSpec(methods=frozenset({"predict", "predict_proba"}), n_features=1)
+
+
+class Recorder:
+    """Doubles each value; refuses negative ones; records every call's size and method."""
+
+    def __init__(self, delay: float = 0.01, short_by: int = 0) -> None:
+        self.calls: list[tuple[int, str]] = []
+        self.delay = delay
+        self.short_by = short_by
+
+    @property
+    def spec(self) -> ModelSpec:
+        return SPEC
+
+    async def predict(self, rows: Rows, method: Method) -> Outputs:
+        self.calls.append((len(rows), method))
+        await asyncio.sleep(self.delay)
+        values = np.asarray(rows.values)[:, 0]
+        if (values < 0).any():
+            raise ValueError("negative")
+        result: np.ndarray[Any, Any] = values * 2
+        return result[: len(result) - self.short_by]
+
+
+def rows(*values: float) -> Rows:
+    return Rows(np.array([[v] for v in values]))
+
+
+async def gather(batcher: MicroBatcher, *requests: Rows, method: Method = "predict") -> list[Any]:
+    return await asyncio.gather(*(batcher.predict(r, method) for r in requests), return_exceptions=True)
+
+
+def test_lone_request_runs_at_once() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_rows=8)
+    [result] = asyncio.run(gather(batcher, rows(1, 2)))
+    assert list(result) == [2, 4]
+    assert recorder.calls == [(2, "predict")]
+
+
+def test_concurrent_requests_share_calls_and_split_back_by_rows() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_rows=100)
+    requests = [rows(i, i + 0.5) for i in range(10)]
+    results = asyncio.run(gather(batcher, *requests))
+    for i, result in enumerate(results):
+        assert list(result) == [2 * i, 2 * i + 1]
+    # All ten arrived in the same loop tick: one model call for all of them.
+    assert recorder.calls == [(20, "predict")]
+
+
+def test_requests_arriving_during_a_call_form_the_next_batch() -> None:
+    recorder = Recorder(delay=0.05)
+    batcher = MicroBatcher(recorder, max_rows=100)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.predict(rows(1), "predict"))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(first, *(batcher.predict(rows(i), "predict") for i in range(5)))
+
+    asyncio.run(scenario())
+    assert recorder.calls == [(1, "predict"), (5, "predict")]
+
+
+def test_batches_are_capped_by_rows_not_requests() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_rows=4)
+    asyncio.run(gather(batcher, rows(0), *[rows(1, 1, 1) for _ in range(3)], rows(*range(9))))
+    assert [size for size, _ in recorder.calls] == [4, 3, 3, 9]  # 1+3 fit in 4; 9 runs alone
+
+
+def test_methods_are_never_mixed_in_one_call() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_rows=100)
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            batcher.predict(rows(1), "predict"),
+            batcher.predict(rows(2), "predict_proba"),
+            batcher.predict(rows(3), "predict"),
+        )
+
+    asyncio.run(scenario())
+    assert recorder.calls == [(2, "predict"), (1, "predict_proba")]
+
+
+def test_one_poisoned_request_fails_alone() -> None:
+    recorder = Recorder()
+    batcher = MicroBatcher(recorder, max_rows=100)
+    results = asyncio.run(gather(batcher, rows(1), rows(2), rows(-1), rows(3)))
+    assert list(results[0]) == [2]
+    assert list(results[1]) == [4]
+    assert isinstance(results[2], ValueError)
+    assert list(results[3]) == [6]
+
+
+def test_wrong_output_count_is_an_error_not_a_misalignment() -> None:
+    batcher = MicroBatcher(Recorder(short_by=1), max_rows=100)
+    [result] = asyncio.run(gather(batcher, rows(1, 2)))
+    assert isinstance(result, ModelError)
+    assert "exactly one per row" in result.message
+
+
+def test_queue_is_bounded() -> None:
+    batcher = MicroBatcher(Recorder(delay=0.05), max_rows=1, max_queue=2)
+    results = asyncio.run(gather(batcher, rows(1), rows(2), rows(3), rows(4)))
+    assert [isinstance(r, Overloaded) for r in results] == [False, False, True, True]
+
+
+def test_wait_applies_only_when_requests_queue() -> None:
+    recorder = Recorder(delay=0)
+    batcher = MicroBatcher(recorder, max_rows=100, max_wait_s=0.5)
+
+    async def lone() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await batcher.predict(rows(1), "predict")
+        return loop.time() - start
+
+    assert asyncio.run(lone()) < 0.2
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_timed_out_requests_are_skipped(n: int) -> None:
+    recorder = Recorder(delay=0.05)
+    batcher = MicroBatcher(recorder, max_rows=100)
+
+    async def scenario() -> Any:
+        first = asyncio.ensure_future(batcher.predict(rows(1), "predict"))
+        await asyncio.sleep(0.01)  # the model is now busy with the first request
+        late = [asyncio.ensure_future(batcher.predict(rows(2), "predict")) for _ in range(n)]
+        await asyncio.sleep(0.01)
+        for task in late:
+            task.cancel()
+        result = await first
+        await asyncio.sleep(0.1)
+        return result
+
+    assert list(asyncio.run(scenario())) == [2]
+    assert recorder.calls == [(1, "predict")]
