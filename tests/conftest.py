@@ -53,10 +53,13 @@ class Server:
         return self.log_path.read_text()
 
     def stop(self) -> int:
+        """SIGTERM unless it already exited (or is exiting); the exit code."""
         self.client.close()
-        if self.process.poll() is None:
+        try:
+            return self.process.wait(timeout=0.5 if self.process.poll() is None else 0)
+        except subprocess.TimeoutExpired:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=40)
+            return self.process.wait(timeout=40)
 
 
 def start_server(
@@ -121,13 +124,14 @@ def iris_model(iris_dir: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def iris_frame() -> pd.DataFrame:
-    data = load_iris(as_frame=True).data
+    data: pd.DataFrame = load_iris(as_frame=True).data
     return data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
 
 
 @pytest.fixture(scope="session")
 def numeric_data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    return make_classification(n_samples=1500, n_features=10, n_informative=6, n_classes=3, random_state=0)
+    x, y = make_classification(n_samples=1500, n_features=10, n_informative=6, n_classes=3, random_state=0)
+    return np.asarray(x), np.asarray(y)
 
 
 @pytest.fixture(scope="session")
@@ -174,7 +178,10 @@ def categorical_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("categorical")
     frame, target = adult_like_frame()
     pre = ColumnTransformer(
-        [("cat", OneHotEncoder(handle_unknown="ignore"), ["gender", "city"]), ("num", StandardScaler(), ["age", "income"])]
+        [
+            ("cat", OneHotEncoder(handle_unknown="ignore"), ["gender", "city"]),
+            ("num", StandardScaler(), ["age", "income"]),
+        ]
     )
     joblib.dump(make_pipeline(pre, LogisticRegression(max_iter=1000)).fit(frame, target), out / "model.joblib")
     return out

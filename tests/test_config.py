@@ -57,7 +57,12 @@ def test_payload_limit_never_below_invoke_endpoint_limit() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SAGEHOST_WORKERS", "0"), ("SAGEHOST_PORT", "x"), ("SAGEMAKER_BATCH", "maybe"), ("SAGEHOST_DEFAULT_METHOD", "fit")],
+    [
+        ("SAGEHOST_WORKERS", "0"),
+        ("SAGEHOST_PORT", "x"),
+        ("SAGEMAKER_BATCH", "maybe"),
+        ("SAGEHOST_DEFAULT_METHOD", "fit"),
+    ],
 )
 def test_bad_values_name_the_setting(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):

@@ -8,6 +8,7 @@ from sklearn.datasets import make_regression
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
+from sagehost.config import Method
 from sagehost.models.sklearn import EstimatorModel
 from sagehost.predictor import Rows
 
@@ -52,8 +53,9 @@ def test_logistic_lean_path_matches_library(n_classes: int, numeric_data: Data) 
     logistic = LogisticRegression(max_iter=1000).fit(x, y)
     model = EstimatorModel(logistic, "logistic")
     assert model.uses_fast_path
-    for method in ("predict", "predict_proba", "decision_function"):
-        ours = model.predict(Rows(x), method)  # type: ignore[arg-type]
+    methods: tuple[Method, ...] = ("predict", "predict_proba", "decision_function")
+    for method in methods:
+        ours = model.predict(Rows(x), method)
         assert np.allclose(ours, getattr(logistic, method)(x), rtol=1e-12, atol=0)
 
 

@@ -140,7 +140,7 @@ class Logistic:
         self._softmax = softmax
 
     def predict(self, x: np.ndarray[Any, Any], method: str) -> np.ndarray[Any, Any] | None:
-        scores = x @ self.coef_t + self.intercept
+        scores: np.ndarray[Any, Any] = x @ self.coef_t + self.intercept
         if scores.shape[1] == 1:
             scores = scores.reshape(-1)
         if method == "decision_function":
@@ -151,7 +151,8 @@ class Logistic:
             return labels
         if scores.ndim == 1:
             p = self._expit(scores)
-            return np.vstack([1 - p, p]).T
+            binary: np.ndarray[Any, Any] = np.vstack([1 - p, p]).T
+            return binary
         proba: np.ndarray[Any, Any] = self._softmax(scores, copy=False)
         return proba
 

@@ -201,6 +201,6 @@ def _response(result: Any, accept: str) -> tuple[bytes, str]:
         result = bytes(result)
     if not isinstance(result, bytes):
         raise ModelError(
-            f"inference.py's output must be bytes or str (or a (body, content_type) tuple); got {type(result).__name__}."
+            f"inference.py's output must be bytes, str or (body, content_type); got {type(result).__name__}."
         )
     return result, str(content_type)
