@@ -79,8 +79,8 @@ def train(source: Path | None, channel: str | None) -> None:
 
 def serve_entry() -> None:
     """`serve` on PATH: SageMaker starts images as `docker run IMAGE serve`."""
-    main(["serve", *sys.argv[1:]])
+    main(["serve", *sys.argv[1:]], prog_name="sagehost")
 
 
 def train_entry() -> None:
-    main(["train", *sys.argv[1:]])
+    main(["train", *sys.argv[1:]], prog_name="sagehost")

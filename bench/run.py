@@ -1,0 +1,311 @@
+"""Measure sagehost against the stacks users run today, side by side, in one run.
+
+    .venv/bin/python bench/run.py [--seconds 10] [--models lr,rf] [--stacks sagehost,classic,mlflow]
+
+For each model (scikit-learn LogisticRegression, and a 100-tree RandomForestClassifier, both on
+10 numeric features) it starts each stack on a free loopback port, sends one row per request
+over 40 keep-alive connections with wrk and with `ab -k -c 40` (HTTP/1.0), and prints
+requests/s, p50/p99 latency, errors and the servers' total RSS, then the ratios against
+sagehost. Every load run is bounded in time and request count. Needs `scripts/setup --bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+BENCH = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+WORKERS = os.cpu_count() or 1
+
+
+@dataclass
+class Result:
+    stack: str
+    model: str
+    tool: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    rss_mb: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def train(work: Path) -> dict[str, Path]:
+    x, y = make_classification(n_samples=5000, n_features=10, n_informative=6, random_state=0)
+    dirs = {}
+    for name, model in (
+        ("lr", LogisticRegression(max_iter=1000)),
+        ("rf", RandomForestClassifier(n_estimators=100, random_state=0)),
+    ):
+        out = work / name
+        out.mkdir(parents=True)
+        joblib.dump(model.fit(x, y), out / "model.joblib")
+        dirs[name] = out
+    np.savetxt(work / "row.csv", x[:1], delimiter=",", fmt="%.6f")
+    return dirs
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never became ready")
+
+
+def start_sagehost(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    port = free_port()
+    cmd = [str(VENV_BIN / "sagehost"), "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    env = {**os.environ, "SAGEHOST_WORKERS": str(WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING"}
+    return [spawn(cmd, env, work / "sagehost.log")], port
+
+
+def start_classic(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    port = free_port()
+    sock = work / f"gunicorn-{port}.sock"
+    gunicorn = [
+        str(VENV_BIN / "gunicorn"),
+        "--chdir",
+        str(BENCH),
+        "-k",
+        "gevent",
+        "-w",
+        str(WORKERS),
+        "-b",
+        f"unix:{sock}",
+        "--timeout",
+        "60",
+        "classic_recipe:app",
+    ]
+    env = {**os.environ, "MODEL_DIR": str(model_dir)}
+    procs = [spawn(gunicorn, env, work / "gunicorn.log")]
+    conf = work / f"nginx-{port}.conf"
+    conf.write_text(NGINX_CONF.format(port=port, sock=sock, work=work))
+    procs.append(spawn(["nginx", "-c", str(conf), "-g", "daemon off;"], dict(os.environ), work / "nginx.log"))
+    return procs, port
+
+
+def start_mlflow(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    import mlflow.sklearn
+
+    port = free_port()
+    mlflow_dir = work / f"mlflow-{model_dir.name}"
+    if not mlflow_dir.exists():
+        model = joblib.load(model_dir / "model.joblib")
+        mlflow.sklearn.save_model(model, str(mlflow_dir), serialization_format="cloudpickle")
+    cmd = [
+        str(VENV_BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        str(mlflow_dir),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-w",
+        str(WORKERS),
+        "--env-manager",
+        "local",
+    ]
+    return [spawn(cmd, dict(os.environ), work / "mlflow.log")], port
+
+
+def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own session: the server and its workers
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def tree_rss_mb(procs: list[subprocess.Popen[bytes]]) -> float:
+    sessions = {p.pid for p in procs}
+    total_kb = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) in sessions:  # field 6 of /proc/PID/stat: session id
+                status = (stat.parent / "status").read_text()
+                total_kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        except (OSError, IndexError, AttributeError, ValueError):
+            continue
+    return total_kb / 1024
+
+
+def wrk(url: str, body: str, content_type: str, seconds: int, work: Path) -> tuple[float, float, float, int]:
+    script = work / "post.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "{content_type}"\n'
+        "function response(status, headers, body) if status ~= 200 then errors = (errors or 0) + 1 end end\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t2", "-c40", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return rps, _latency(out, "50%"), _latency(out, "99%"), errors
+
+
+def _latency(out: str, pct: str) -> float:
+    value, unit = re.search(rf"{pct}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def ab(url: str, body: str, content_type: str, seconds: int, work: Path) -> tuple[float, float, float, int]:
+    payload = work / "ab-body"
+    payload.write_text(body)
+    out = subprocess.run(
+        ["ab", "-k", "-c", "40", "-t", str(seconds), "-n", "100000", "-p", str(payload), "-T", content_type, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    ).stdout
+    rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx responses:\s+(\d+)", out)) else 0
+    p50 = float(re.search(r"\s50%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    p99 = float(re.search(r"\s99%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    return rps, p50, p99, failed + non2xx
+
+
+STACKS = {"sagehost": start_sagehost, "classic": start_classic, "mlflow": start_mlflow}
+
+
+def request_for(stack: str, row: list[float]) -> tuple[str, str]:
+    if stack == "mlflow":  # MLflow's scoring protocol; CSV would go through pandas.read_csv too
+        return '{"dataframe_split": {"data": [[%s]]}}' % ",".join(map(str, row)), "application/json"
+    return ",".join(map(str, row)), "text/csv"
+
+
+def run(models: list[str], stacks: list[str], seconds: int) -> list[Result]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="sagehost-bench-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # nginx's worker (user nobody) must reach the gunicorn socket in here
+        dirs = train(work)
+        row = np.loadtxt(work / "row.csv", delimiter=",").tolist()
+        for model in models:
+            for stack in stacks:
+                procs, port = STACKS[stack](dirs[model], work)
+                try:
+                    wait_ready(f"http://127.0.0.1:{port}/ping", procs[0])
+                    body, content_type = request_for(stack, row)
+                    url = f"http://127.0.0.1:{port}/invocations"
+                    ab(url, body, content_type, 2, work)  # warm up connections, caches and workers
+                    for tool, measure in (("wrk", wrk), ("ab -k", ab)):
+                        rps, p50, p99, errors = measure(url, body, content_type, seconds, work)
+                        results.append(Result(stack, model, tool, rps, p50, p99, errors, tree_rss_mb(procs)))
+                        print(_row(results[-1]), flush=True)
+                finally:
+                    stop(procs)
+    return results
+
+
+def _row(r: Result) -> str:
+    return (
+        f"{r.model:3} {r.stack:9} {r.tool:6} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors:5d}  RSS {r.rss_mb:6.0f} MB"
+    )
+
+
+def report(results: list[Result]) -> None:
+    print("\nratios: sagehost requests/s over each peer (same model, same load tool, same run)")
+    for r in results:
+        if r.stack == "sagehost":
+            continue
+        ours = next(x for x in results if x.stack == "sagehost" and x.model == r.model and x.tool == r.tool)
+        print(f"  {r.model:3} {r.tool:6} sagehost / {r.stack:8} = {ours.rps / r.rps:6.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--models", default="lr,rf")
+    parser.add_argument("--stacks", default="sagehost,classic,mlflow")
+    args = parser.parse_args()
+    for tool in ("wrk", "ab", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: run scripts/setup --bench")
+    print(f"{os.cpu_count()} cores, {WORKERS} workers per stack, 40 connections, one row per request\n")
+    report(run(args.models.split(","), args.stacks.split(","), args.seconds))
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 2048; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-body;
+  proxy_temp_path {work}/nginx-proxy;
+  fastcgi_temp_path {work}/nginx-fastcgi;
+  uwsgi_temp_path {work}/nginx-uwsgi;
+  scgi_temp_path {work}/nginx-scgi;
+  upstream gunicorn {{ server unix:{sock}; }}
+  server {{
+    listen 127.0.0.1:{port} deferred;
+    client_max_body_size 5m;
+    keepalive_timeout 5;
+    proxy_read_timeout 1200s;
+    location ~ ^/(ping|invocations) {{
+      proxy_set_header Host $http_host;
+      proxy_redirect off;
+      proxy_pass http://gunicorn;
+    }}
+    location / {{ return 404 "{{}}"; }}
+  }}
+}}
+"""
+
+if __name__ == "__main__":
+    main()
