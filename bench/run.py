@@ -27,6 +27,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import orjson
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -222,7 +223,7 @@ STACKS = {"sagehost": start_sagehost, "classic": start_classic, "mlflow": start_
 
 def request_for(stack: str, row: list[float]) -> tuple[str, str]:
     if stack == "mlflow":  # MLflow's scoring protocol; CSV would go through pandas.read_csv too
-        return '{"dataframe_split": {"data": [[%s]]}}' % ",".join(map(str, row)), "application/json"
+        return orjson.dumps({"dataframe_split": {"data": [row]}}).decode(), "application/json"
     return ",".join(map(str, row)), "text/csv"
 
 
