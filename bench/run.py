@@ -141,7 +141,8 @@ def start_mlflow(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[byt
         "--env-manager",
         "local",
     ]
-    return [spawn(cmd, dict(os.environ), work / "mlflow.log")], port
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}  # it execs a bare `uvicorn`
+    return [spawn(cmd, env, work / "mlflow.log")], port
 
 
 def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
