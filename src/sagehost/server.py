@@ -67,7 +67,7 @@ def serve(settings: Settings) -> int:
             if settings.preload is None and not _fork_safe(preloaded):
                 preloaded = None  # each worker loads its own copy after fork
     except StartupError as exc:
-        report_startup_failure(exc, settings)
+        report_startup_failure(exc)
         return 1
     if settings.workers == 1:
         return run_worker(sock, settings, preloaded)
@@ -266,8 +266,8 @@ def _fork_safe(loaded: Loaded) -> bool:
     return isinstance(loaded, ScriptHandler) or loaded.spec.fork_safe
 
 
-def report_startup_failure(exc: StartupError, settings: Settings) -> None:
-    """The paragraph a user reads in CloudWatch, on stderr and (in a training job) the failure file."""
+def report_startup_failure(exc: StartupError) -> None:
+    """The paragraph a user reads in CloudWatch (container stderr)."""
     print(f"sagehost: cannot start. {exc}", file=sys.stderr, flush=True)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ from sagehost.config import METHODS, Method
 from sagehost.errors import ModelLoadError, UnsupportedMethod
 from sagehost.models import fast
 from sagehost.predictor import ColumnKind, ModelSpec, Outputs, Rows
-
-log = logging.getLogger("sagehost.models")
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 
