@@ -93,6 +93,60 @@ def start_sagehost(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[b
     return [spawn(cmd, env, work / "sagehost.log")], port
 
 
+def start_granian(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    port = free_port()
+    cmd = [
+        str(VENV_BIN / "granian"),
+        "--interface",
+        "asgi",
+        "--workers",
+        str(WORKERS),
+        "--loop",
+        "uvloop",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "granian_app:app",
+    ]
+    env = {**os.environ, "SAGEHOST_MODEL_DIR": str(model_dir), "SAGEHOST_LOG_LEVEL": "WARNING"}
+    return [spawn(cmd, env, work / "granian.log", cwd=BENCH)], port
+
+
+MLSERVER_BIN = BENCH.parent / ".venv-mlserver" / "bin"
+
+
+def start_mlserver(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """MLServer 1.7 with its scikit-learn runtime and adaptive batching on, one inference process per core."""
+    if not (MLSERVER_BIN / "mlserver").exists():
+        raise RuntimeError("MLServer is missing: run scripts/setup --bench")
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    repo = work / f"mlserver-{model_dir.name}"
+    repo.mkdir(exist_ok=True)
+    shutil.copy(model_dir / "model.joblib", repo / "model.joblib")
+    model_settings = {
+        "name": "model",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib"},
+        "max_batch_size": 32,  # sagehost's default row cap, for a like-for-like batch
+        "max_batch_time": 0.002,
+    }
+    (repo / "model-settings.json").write_bytes(orjson.dumps(model_settings))
+    server_settings = {
+        "host": "127.0.0.1",
+        "http_port": port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "parallel_workers": WORKERS,
+        "debug": False,
+        "metrics_dir": str(repo / ".metrics"),
+    }
+    (repo / "settings.json").write_bytes(orjson.dumps(server_settings))
+    cmd = [str(MLSERVER_BIN / "mlserver"), "start", str(repo)]
+    return [spawn(cmd, dict(os.environ), work / "mlserver.log", cwd=repo)], port
+
+
 def start_classic(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
     port = free_port()
     sock = work / f"gunicorn-{port}.sock"
@@ -145,9 +199,9 @@ def start_mlflow(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[byt
     return [spawn(cmd, env, work / "mlflow.log")], port
 
 
-def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -178,7 +232,8 @@ def tree_rss_mb(procs: list[subprocess.Popen[bytes]]) -> float:
 def wrk(url: str, body: str, content_type: str, seconds: int, work: Path) -> tuple[float, float, float, int]:
     script = work / "post.lua"
     script.write_text(
-        f'wrk.method = "POST"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "{content_type}"\n'
+        # A level-3 long bracket: JSON rows end in "]]", which would close a plain [[...]] string.
+        f'wrk.method = "POST"\nwrk.body = [===[{body}]===]\nwrk.headers["Content-Type"] = "{content_type}"\n'
         "function response(status, headers, body) if status ~= 200 then errors = (errors or 0) + 1 end end\n"
     )
     out = subprocess.run(
@@ -219,10 +274,21 @@ def ab(url: str, body: str, content_type: str, seconds: int, work: Path) -> tupl
     return rps, p50, p99, failed + non2xx
 
 
-STACKS = {"sagehost": start_sagehost, "classic": start_classic, "mlflow": start_mlflow}
+STACKS = {
+    "sagehost": start_sagehost,
+    "granian": start_granian,
+    "classic": start_classic,
+    "mlflow": start_mlflow,
+    "mlserver": start_mlserver,
+}
+PING = {"mlserver": "/v2/models/model/ready"}
+INVOKE = {"mlserver": "/v2/models/model/infer"}
 
 
 def request_for(stack: str, row: list[float]) -> tuple[str, str]:
+    if stack == "mlserver":  # the V2 (Open Inference Protocol) request its REST API takes
+        tensor = {"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row}
+        return orjson.dumps({"inputs": [tensor]}).decode(), "application/json"
     if stack == "mlflow":  # MLflow's scoring protocol; CSV would go through pandas.read_csv too
         return orjson.dumps({"dataframe_split": {"data": [row]}}).decode(), "application/json"
     return ",".join(map(str, row)), "text/csv"
@@ -239,9 +305,9 @@ def run(models: list[str], stacks: list[str], seconds: int) -> list[Result]:
             for stack in stacks:
                 procs, port = STACKS[stack](dirs[model], work)
                 try:
-                    wait_ready(f"http://127.0.0.1:{port}/ping", procs[0])
+                    wait_ready(f"http://127.0.0.1:{port}{PING.get(stack, '/ping')}", procs[0])
                     body, content_type = request_for(stack, row)
-                    url = f"http://127.0.0.1:{port}/invocations"
+                    url = f"http://127.0.0.1:{port}{INVOKE.get(stack, '/invocations')}"
                     ab(url, body, content_type, 2, work)  # warm up connections, caches and workers
                     for tool, measure in (("wrk", wrk), ("ab -k", ab)):
                         rps, p50, p99, errors = measure(url, body, content_type, seconds, work)

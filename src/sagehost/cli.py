@@ -50,6 +50,7 @@ def main() -> None:
 @click.option("--max-batch-rows", type=click.IntRange(min=1), help="Rows per model call [SAGEHOST_MAX_BATCH_ROWS; 64].")
 @click.option("--max-batch-wait-ms", type=click.FloatRange(min=0), help="[SAGEHOST_MAX_BATCH_WAIT_MS; 0].")
 @click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests per worker [SAGEHOST_MAX_QUEUE].")
+@click.option("--inline-below-us", type=click.FloatRange(min=0), help="[SAGEHOST_INLINE_BELOW_US; 100].")
 @click.option("--preload/--no-preload", default=None, help="Load before forking [SAGEHOST_PRELOAD; auto].")
 @click.option("--fast-path/--no-fast-path", default=None, help="Lean tree/linear paths [SAGEHOST_FAST_PATH; on].")
 @click.option("--log-level", help="[SAGEHOST_LOG_LEVEL / SAGEMAKER_CONTAINER_LOG_LEVEL; INFO].")

@@ -56,6 +56,9 @@ class Settings:
     """Extra wait for more rows when other requests are already queued (never when alone)."""
     max_queue: int = 1024
     """Requests a worker holds waiting for the model before answering 503."""
+    inline_below_us: float = 100.0
+    """Model calls of a size seen to finish faster than this run on the event loop, skipping the
+    hop to the model thread; 0 sends every call to the thread."""
     preload: bool | None = None
     """Load the model before forking workers; default: when the model allows it."""
     fast_path: bool = True
@@ -216,6 +219,7 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("max_batch_rows", ("SAGEHOST_MAX_BATCH_ROWS",), _workers),
     ("max_batch_wait_ms", ("SAGEHOST_MAX_BATCH_WAIT_MS",), _float),
     ("max_queue", ("SAGEHOST_MAX_QUEUE",), _workers),
+    ("inline_below_us", ("SAGEHOST_INLINE_BELOW_US",), _float),
     ("preload", ("SAGEHOST_PRELOAD",), _bool),
     ("fast_path", ("SAGEHOST_FAST_PATH",), _bool),
     ("scratch_dir", ("SAGEHOST_SCRATCH_DIR",), _path),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ class ModelSpec:
     sample: list[list[Any]] | None = None
     """One or more valid rows (model order) for the warm-up prediction, when known."""
     fork_safe: bool = True
+    steady_cost: bool = False
+    """A call's time depends on its size only (our lean paths), never on the values: only such
+    models may run cheap calls inline on the event loop."""
     description: str = "model"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -151,19 +155,46 @@ MODEL_THREAD = ModelThread()
 
 
 class InThread:
-    """A Model as a Predictor: each call runs on the worker's model thread."""
+    """A Model as a Predictor: each call runs on the worker's model thread, unless it is cheap.
 
-    def __init__(self, model: Model, thread: ModelThread = MODEL_THREAD) -> None:
+    Handing a call to the model thread and back costs tens of microseconds and a context switch
+    under load; for a logistic regression that is more than the prediction itself. So calls whose
+    size has been seen to finish within `inline_below_s` run on the event loop directly. The
+    limit learns from every call, and shrinks as soon as one runs long, so a slow model (or an
+    unusually large batch) always goes to the thread and /ping never waits behind it. Only models
+    whose cost does not depend on the values (`ModelSpec.steady_cost`) qualify: one that sleeps on
+    some inputs must never run on the loop.
+    """
+
+    def __init__(self, model: Model, thread: ModelThread = MODEL_THREAD, inline_below_s: float = 0.0) -> None:
         self._model = model
         self._thread = thread
+        self._inline_below_s = inline_below_s if model.spec.steady_cost else 0.0
+        self._inline_rows = 0  # the largest call size seen to finish within the budget
 
     @property
     def spec(self) -> ModelSpec:
         return self._model.spec
 
     async def predict(self, rows: Rows, method: Method) -> Outputs:
-        result: Outputs = await self._thread.run(self._call, rows, method)
+        if len(rows) <= self._inline_rows:
+            return self._timed(rows, method)
+        result: Outputs = await self._thread.run(self._timed, rows, method)
         return result
+
+    def _timed(self, rows: Rows, method: Method) -> Outputs:
+        started = time.perf_counter()
+        try:
+            return self._call(rows, method)
+        finally:
+            if self._inline_below_s > 0:
+                self._learn(len(rows), time.perf_counter() - started)
+
+    def _learn(self, size: int, seconds: float) -> None:
+        if seconds < self._inline_below_s:
+            self._inline_rows = max(self._inline_rows, size)
+        else:
+            self._inline_rows = min(self._inline_rows, size - 1)
 
     def _call(self, rows: Rows, method: Method) -> Outputs:
         # The boundary where a model's own exceptions become ours: the traceback goes to the

@@ -125,7 +125,7 @@ def build_service(loaded: Loaded, settings: Settings) -> Service:
     if isinstance(loaded, ScriptHandler):
         return ScriptService(loaded, settings)
     batcher = MicroBatcher(
-        InThread(loaded),
+        InThread(loaded, inline_below_s=settings.inline_below_us / 1e6),
         max_rows=settings.max_batch_rows,
         max_wait_s=settings.max_batch_wait_ms / 1000,
         max_queue=settings.max_queue,

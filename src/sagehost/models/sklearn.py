@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class EstimatorModel:
         self._estimator = estimator
         self._spec = describe(estimator, description)
         self._fast = fast.compile_for(estimator, self._spec) if fast_path else None
+        if self._fast is not None:
+            self._spec = dataclasses.replace(self._spec, steady_cost=True)
 
     @property
     def spec(self) -> ModelSpec:
