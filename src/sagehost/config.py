@@ -63,6 +63,8 @@ class Settings:
     """Load the model before forking workers; default: when the model allows it."""
     fast_path: bool = True
     """Lean predict paths for linear models and tree ensembles (same answers, less overhead)."""
+    flavor: str | None = None
+    """Which model format to serve when the directory holds several (`SAGEHOST_FLAVOR`)."""
     scratch_dir: Path = Path(tempfile.gettempdir()) / "sagehost"
     """Writable scratch space (unpacked model.tar.gz); the model dir may be read-only."""
     log_level: str = "INFO"
@@ -222,6 +224,7 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("inline_below_us", ("SAGEHOST_INLINE_BELOW_US",), _float),
     ("preload", ("SAGEHOST_PRELOAD",), _bool),
     ("fast_path", ("SAGEHOST_FAST_PATH",), _bool),
+    ("flavor", ("SAGEHOST_FLAVOR",), _str),
     ("scratch_dir", ("SAGEHOST_SCRATCH_DIR",), _path),
     ("log_level", ("SAGEHOST_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL"), _log_level),
     ("channel", ("SAGEHOST_CHANNEL",), _str),

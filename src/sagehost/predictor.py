@@ -94,6 +94,8 @@ class ModelSpec:
     kinds: tuple[ColumnKind, ...] | None = None
     """Per feature; None means all numeric."""
     classes: tuple[Any, ...] | None = None
+    target: str | None = None
+    """The response's name, prefixing labelled probabilities (`fraud.1`) unless settings name one."""
     sample: list[list[Any]] | None = None
     """One or more valid rows (model order) for the warm-up prediction, when known."""
     fork_safe: bool = True

@@ -3,6 +3,8 @@
 - The socket is bound first, so SageMaker's connections are accepted at once (it wants them
   within 250 ms) and its pings get a 503 while the model loads, not silence.
 - Where the model allows it, it is loaded once before forking so workers share its pages.
+  Runtimes that do not survive a fork (OpenMP pools, a JVM, onnxruntime, torch) load in each
+  worker after the fork instead, while the parent answers 503 until the first worker is ready.
 - Each worker is uvicorn (httptools + uvloop) on the shared socket with one model thread.
 - SIGTERM: stop intake, finish in-flight requests, exit 0 inside SageMaker's 30 s window.
   A worker that dies is replaced; a worker that cannot start stops the server.
@@ -31,7 +33,7 @@ from sagehost.app import App
 from sagehost.batching import MicroBatcher
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError, ModelNotReady, SagehostError, StartupError
-from sagehost.models import Loaded, load
+from sagehost.models import Loaded, fork_safe, load
 from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, InThread, Model, Table
@@ -62,16 +64,25 @@ def serve(settings: Settings) -> int:
     log.info("Listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     preloaded: Loaded | None = None
     try:
-        if settings.preload is not False:
+        if settings.workers == 1 or _preload(settings):
             preloaded = load_answering_503(sock, settings)
-            if settings.preload is None and not _fork_safe(preloaded):
+            if settings.workers > 1 and settings.preload is None and not _fork_safe(preloaded):
                 preloaded = None  # each worker loads its own copy after fork
     except StartupError as exc:
         report_startup_failure(exc)
         return 1
-    if settings.workers == 1:
+    if preloaded is not None and settings.workers == 1:
         return run_worker(sock, settings, preloaded)
     return supervise(sock, settings, preloaded)
+
+
+def _preload(settings: Settings) -> bool:
+    if settings.preload is not None:
+        return settings.preload
+    safe = fork_safe(settings)
+    if not safe:
+        log.info("This model's runtime does not survive fork: each worker loads its own copy")
+    return safe
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -133,11 +144,8 @@ def build_service(loaded: Loaded, settings: Settings) -> Service:
     return RowService(batcher, settings)
 
 
-def run_worker(sock: socket.socket, settings: Settings, preloaded: Loaded | None) -> int:
+def run_worker(sock: socket.socket, settings: Settings, loaded: Loaded) -> int:
     async def load_service() -> Service:
-        loaded = preloaded
-        if loaded is None:
-            loaded = await MODEL_THREAD.run(load_and_warm, settings)
         return build_service(loaded, settings)
 
     app = App(settings, load_service)
@@ -166,17 +174,14 @@ def supervise(sock: socket.socket, settings: Settings, preloaded: Loaded | None)
     children: dict[int, int] = {}
     stopping = False
     restarts: list[float] = []
+    ready_r, ready_w = os.pipe()
+    os.set_blocking(ready_w, False)  # workers restarted later write too, and nobody reads then
 
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                code = run_worker(sock, settings, preloaded)
-            except BaseException:
-                log.exception("Worker %d crashed", os.getpid())
-            finally:
-                os._exit(code)
+            os.close(ready_r)
+            os._exit(_worker_main(sock, settings, preloaded, ready_w))
         children[pid] = slot
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -192,9 +197,12 @@ def supervise(sock: socket.socket, settings: Settings, preloaded: Loaded | None)
     signal.signal(signal.SIGALRM, lambda *_: _signal_all(children, signal.SIGKILL))
     for slot in range(settings.workers):
         spawn(slot)
+    os.close(ready_w)
+    early = _answer_503_until_ready(sock, ready_r) if preloaded is None else None
     failed = False
     while children:
-        pid, status = os.wait()
+        pid, status = early or os.wait()
+        early = None
         slot = children.pop(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
@@ -209,7 +217,47 @@ def supervise(sock: socket.socket, settings: Settings, preloaded: Loaded | None)
         time.sleep(min(5.0, 0.1 * 2 ** min(len(restarts), 6)))  # back off a crash loop
         spawn(slot)
     sock.close()
+    os.close(ready_r)
     return 1 if failed else 0
+
+
+def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | None, ready_fd: int) -> int:
+    """A forked worker: load (unless the parent did), tell the parent, serve. Its exit code."""
+    try:
+        loaded = preloaded
+        if loaded is None:
+            try:
+                loaded = load_and_warm(settings)
+            except StartupError as exc:
+                report_startup_failure(exc)
+                return STARTUP_FAILED
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, b"r")
+        os.close(ready_fd)
+        return run_worker(sock, settings, loaded)
+    except BaseException:
+        log.exception("Worker %d crashed", os.getpid())
+        return 1
+
+
+def _answer_503_until_ready(sock: socket.socket, ready_fd: int) -> tuple[int, int] | None:
+    """While workers load after fork, the parent answers 503; it stops once one is ready.
+
+    Returns a worker's (pid, status) if one exited first (it could not load), for the
+    supervisor to handle as it would any exit.
+    """
+    with selectors.DefaultSelector() as selector:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ, "conn")
+        selector.register(ready_fd, selectors.EVENT_READ, "ready")
+        while True:
+            for key, _ in selector.select(timeout=0.05):
+                if key.data == "ready":
+                    return None
+                _answer_loading(sock)
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid:
+                return pid, status
 
 
 def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:

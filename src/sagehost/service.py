@@ -49,7 +49,7 @@ class RowService:
         self._predictor = predictor
         self._settings = settings
         spec = predictor.spec
-        self._labels = _labels(spec.classes, settings.target_name) if spec.classes else None
+        self._labels = _labels(spec.classes, settings.target_name or spec.target) if spec.classes else None
 
     @property
     def description(self) -> str:

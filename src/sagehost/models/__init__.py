@@ -1,8 +1,8 @@
 """Find and load what a model directory holds; zero code for the common cases.
 
 Order: the user's script (code/inference.py, or SAGEMAKER_PROGRAM in SAGEMAKER_SUBMIT_DIRECTORY),
-then a model file (`model.joblib`, `*.pkl`, `*.pickle`, `*.joblib`), then a `model.tar.gz`
-(unpacked to scratch: the model dir may be read-only). A directory we cannot serve stops the
+then a model artifact of any format in `sagehost.formats` (found from its files alone), then a
+`model.tar.gz` (unpacked to scratch: the model dir may be read-only). A directory we cannot serve stops the
 process with one paragraph: what was found, what was expected, what to do.
 """
 
@@ -13,10 +13,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from sagehost import formats
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
 from sagehost.models.script import ScriptHandler, call_hook, import_script
-from sagehost.models.sklearn import PICKLE_SUFFIXES, EstimatorModel, load_file
+from sagehost.models.sklearn import EstimatorModel
 from sagehost.predictor import Model
 
 log = logging.getLogger("sagehost.models")
@@ -38,34 +39,47 @@ def load(settings: Settings) -> Loaded:
     return load_model(model_dir, settings)
 
 
-def load_model(model_dir: Path, settings: Settings) -> EstimatorModel:
-    artifact = find_model_file(model_dir)
-    if artifact is None:
-        archive = model_dir / ARCHIVE
-        if archive.is_file():
-            return load_model(unpack(archive, settings.scratch_dir), settings)
-        raise ModelLoadError(_nothing_found(model_dir, settings))
-    log.info("Loading %s", artifact)
-    return EstimatorModel(load_file(artifact), artifact.name, fast_path=settings.fast_path)
+def load_model(model_dir: Path, settings: Settings) -> Model:
+    found = find_model(model_dir, settings)
+    log.info("Loading %s as %s", found.path, found.format.name)
+    return found.load(settings)
 
 
-def find_model_file(model_dir: Path) -> Path | None:
-    candidates = sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
-    if not candidates:
-        return None
-    if len(candidates) == 1:
-        return candidates[0]
-    preferred = [p for p in candidates if p.stem == "model"]
-    if len(preferred) == 1:
-        return preferred[0]
-    names = ", ".join(p.name for p in candidates)
-    raise ModelLoadError(
-        f"{model_dir} holds several model files ({names}) and none is named model.*. "
-        "Keep one, or name the one to serve model.joblib / model.pkl."
-    )
+def find_model(model_dir: Path, settings: Settings) -> formats.Found:
+    """The artifact to serve, unpacking a model.tar.gz when the directory has nothing else."""
+    found = formats.detect(model_dir, settings.flavor)
+    if found is not None:
+        return found
+    archive = model_dir / ARCHIVE
+    if archive.is_file():
+        return find_model(unpack(archive, settings.scratch_dir), settings)
+    raise ModelLoadError(_nothing_found(model_dir, settings))
+
+
+def fork_safe(settings: Settings) -> bool:
+    """Whether the model may be loaded once and shared by forked workers, known before loading.
+
+    A script is trusted to be (it may be told otherwise with --no-preload); for a model file the
+    format says, from the file alone. Unpacking a model.tar.gz to find out is cheap and is done
+    again, once, by the real load.
+    """
+    if not settings.model_dir.is_dir() or _script_path(settings) is not None:
+        return True
+    return find_model(settings.model_dir, settings).fork_safe
+
+
+_UNPACKED: dict[tuple[Path, float], Path] = {}
 
 
 def unpack(archive: Path, scratch: Path) -> Path:
+    """Unpack once per process tree: forked workers inherit the parent's copy."""
+    key = (archive.resolve(), archive.stat().st_mtime)
+    if key not in _UNPACKED or not _UNPACKED[key].is_dir():
+        _UNPACKED[key] = _unpack(archive, scratch)
+    return _UNPACKED[key]
+
+
+def _unpack(archive: Path, scratch: Path) -> Path:
     scratch.mkdir(parents=True, exist_ok=True)
     target = Path(tempfile.mkdtemp(prefix="model-", dir=scratch))
     try:
@@ -110,6 +124,11 @@ def _load_script(path: Path, model_dir: Path, settings: Settings) -> Loaded:
         model = load_model(model_dir, settings)
         if script.model_fn_only:
             return model
+        if not isinstance(model, EstimatorModel):
+            raise ModelLoadError(
+                f"{path} defines hooks but no model_fn, and {model.spec.description} is not a pickled estimator "
+                "its predict_fn could take. Add model_fn(model_dir) that loads the model for your hooks."
+            )
         estimator = model.estimator
     else:
         try:
@@ -129,8 +148,12 @@ def _nothing_found(model_dir: Path, settings: Settings) -> str:
     shown = ", ".join(found[:15]) + (f" and {len(found) - 15} more" if len(found) > 15 else "")
     return (
         f"sagehost found no model to serve in {model_dir}. Found: {shown or 'nothing (the directory is empty)'}. "
-        f"Expected one of: model.joblib, a *.pkl / *.pickle / *.joblib file, a {ARCHIVE}, "
-        f"or code/{settings.program} defining model_fn. To fix: save the fitted model with "
-        "joblib.dump(model, 'model.joblib') into that directory (on SageMaker: at the root of "
+        f"Expected one of: {_expected()}, a {ARCHIVE}, or code/{settings.program} defining model_fn. "
+        "To fix: save the model as its library does (joblib.dump(model, 'model.joblib'), "
+        "booster.save_model('model.json'), …) into that directory (on SageMaker: at the root of "
         "model.tar.gz, not in a sub-folder), or add code/inference.py."
     )
+
+
+def _expected() -> str:
+    return "; ".join(f"{f.name}: {f.files}" for f in formats.FORMATS)

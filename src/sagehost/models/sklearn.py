@@ -1,40 +1,17 @@
-"""scikit-learn estimators and Pipelines — and any object with `predict` — loaded from pickles."""
+"""scikit-learn estimators and Pipelines — and any object with `predict` — as a Model."""
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sagehost.config import METHODS, Method
 from sagehost.errors import ModelLoadError, UnsupportedMethod
+from sagehost.formats.arrays import unsupported
 from sagehost.models import fast
 from sagehost.predictor import ColumnKind, ModelSpec, Outputs, Rows
-
-PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-
-
-def load_file(path: Path) -> Any:
-    """joblib, pickle or cloudpickle: joblib's loader reads all three."""
-    try:
-        import joblib
-    except ImportError:
-        raise ModelLoadError(_missing_extra("joblib")) from None
-    try:
-        return joblib.load(path)
-    except ModuleNotFoundError as exc:
-        raise ModelLoadError(
-            f"{path.name} needs the Python module {exc.name!r}, which is not installed. "
-            f"Install it in the image, or if it is your own code, ship it in code/ with an inference.py."
-        ) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, AttributeError) as exc:
-        raise ModelLoadError(
-            f"{path.name} could not be unpickled ({type(exc).__name__}). Was it written with joblib.dump "
-            "or pickle.dump, by the same scikit-learn version, and copied completely?"
-        ) from None
 
 
 class EstimatorModel:
@@ -66,7 +43,7 @@ class EstimatorModel:
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
         if method not in self._spec.methods:
-            raise UnsupportedMethod(_unsupported(method, self._spec))
+            raise UnsupportedMethod(unsupported(method, self._spec))
         values = rows.values
         if self._fast is not None and isinstance(values, np.ndarray):
             answer = self._fast.predict(values, method)
@@ -182,11 +159,3 @@ def _describe_type(estimator: Any) -> str:
     if steps:
         return "Pipeline(" + " -> ".join(type(s).__name__ for _, s in steps) + ")"
     return type(estimator).__name__
-
-
-def _unsupported(method: str, spec: ModelSpec) -> str:
-    return f"This model has no {method}; it offers: {', '.join(sorted(spec.methods))}."
-
-
-def _missing_extra(module: str) -> str:
-    return f"Loading this model needs {module}: pip install 'sagehost[sklearn]'"

@@ -1,0 +1,60 @@
+"""PyTorch TorchScript archives (`torch.jit.save`), run under `torch.inference_mode()`.
+
+A plain pickled `nn.Module` (`torch.save(model)`) needs its Python class to load, so it is
+served through code/inference.py; the error says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sagehost.config import Settings
+from sagehost.errors import ModelLoadError
+from sagehost.formats.arrays import Array, ArrayModel, flat
+from sagehost.formats.extras import require, threads_per_worker
+from sagehost.formats.files import model_files, zip_names
+from sagehost.predictor import Model, ModelSpec, Outputs
+
+
+def find(model_dir: Path) -> list[Path]:
+    return model_files(model_dir, ".pt", ".pth")
+
+
+def load(path: Path, settings: Settings) -> Model:
+    names = zip_names(path)
+    if not any("/code/" in name or name.endswith("constants.pkl") for name in names):
+        raise ModelLoadError(
+            f"{path.name} is not a TorchScript archive: it looks like torch.save() of a module or state_dict, "
+            "which needs its Python class to load. Either save it with torch.jit.save(torch.jit.script(model), "
+            "'model.pt'), or add code/inference.py whose model_fn builds the module and loads the weights."
+        )
+    torch = require("torch", "torch", f"{path.name} (a TorchScript model)")
+    _share_cores(torch, threads_per_worker(settings.workers))
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise ModelLoadError(f"torch could not load {path.name}: {str(exc).splitlines()[0][:300]}") from None
+    module.eval()
+
+    def predict(x: Array) -> Outputs:
+        with torch.inference_mode():
+            out = module(torch.from_numpy(x))
+        return flat(out.numpy())
+
+    spec = ModelSpec(
+        methods=frozenset({"predict"}),
+        fork_safe=False,
+        steady_cost=True,
+        description=f"{path.name}: TorchScript module",
+    )
+    return ArrayModel(spec, {"predict": predict}, np.float32)
+
+
+def _share_cores(torch: Any, threads: int) -> None:
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # allowed once per process, before any parallel work
+        torch.set_num_interop_threads(1)
