@@ -49,6 +49,8 @@ class Table:
     rows: list[list[Any]] | np.ndarray[Any, Any]
     columns: tuple[str, ...] | None = None
     shape: Shape = Shape.ROWS
+    sparse: bool = False
+    """Rows as wide as their last present feature (libsvm, sparse protobuf): the schema pads them."""
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sagehost.codecs import media
+from sagehost.codecs import media, sparse
 from sagehost.errors import EmptyPayload, InvalidPayload, UnsupportedMediaType
 from sagehost.predictor import Shape, Table
 
@@ -198,4 +198,6 @@ _DECODERS: dict[str, Callable[[bytes], Table]] = {
     media.CSV: decode_csv,
     media.NPY: decode_npy,
     media.OCTET: decode_octet,
+    media.LIBSVM: sparse.decode_libsvm,
+    media.RECORDIO: sparse.decode_recordio_protobuf,
 }

@@ -13,6 +13,8 @@ JSONLINES = "application/jsonlines"
 CSV = "text/csv"
 NPY = "application/x-npy"
 OCTET = "application/octet-stream"
+LIBSVM = "text/libsvm"
+RECORDIO = "application/x-recordio-protobuf"
 
 # Spellings clients use for the same formats.
 _ALIASES = {
@@ -25,6 +27,7 @@ _ALIASES = {
     "application/csv": CSV,
     "text/x-csv": CSV,
     "application/npy": NPY,
+    "text/x-libsvm": LIBSVM,
 }
 
 ENCODABLE = (JSON, CSV, JSONLINES, NPY)

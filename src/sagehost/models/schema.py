@@ -18,11 +18,23 @@ _MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
 
 
 def conform(table: Table, spec: ModelSpec) -> Rows:
+    if table.sparse:
+        table = _widen(table, spec)
     table = _strip_header(table, spec)
     rows, names = _ordered(table, spec)
     if spec.numeric:
         return Rows(_numeric(rows, names))
     return Rows(_mixed(rows, names, spec))
+
+
+def _widen(table: Table, spec: ModelSpec) -> Table:
+    """Sparse rows end at their last present feature; the rest are missing (NaN)."""
+    rows = np.asarray(table.rows, dtype=np.float64)
+    expected = spec.n_features
+    if expected is None or rows.shape[1] >= expected:
+        return type(table)(rows, None, table.shape)
+    padding = np.full((rows.shape[0], expected - rows.shape[1]), np.nan)
+    return type(table)(np.hstack([rows, padding]), None, table.shape)
 
 
 def _strip_header(table: Table, spec: ModelSpec) -> Table:
