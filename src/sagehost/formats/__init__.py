@@ -42,7 +42,7 @@ FORMATS: tuple[Format, ...] = (
     Format("lightgbm", "lightgbm", _never, lightgbm.find, lightgbm.load, "LightGBM text model *.txt"),
     Format("catboost", "catboost", _never, catboost.find, catboost.load, "*.cbm"),
     Format("onnx", "onnx", _never, onnx.find, onnx.load, "*.onnx"),
-    Format("torch", "torch", _never, torchscript.find, torchscript.load, "TorchScript *.pt, *.pth"),
+    Format("torch", "torch", _never, torchscript.find, torchscript.load, "TorchScript *.pt, *.pth; torch.export *.pt2"),
     Format("h2o", "h2o", _never, h2o.find, h2o.load, "H2O MOJO *.zip (with h2o-genmodel.jar beside it)"),
 )
 NAMES = tuple(f.name for f in FORMATS)
