@@ -39,7 +39,9 @@ class Settings:
     """Longest a prediction may run before the request gets a 504."""
     max_payload_bytes: int = contract.DEFAULT_MAX_PAYLOAD_MB * contract.MIB
     default_accept: str = "application/json"
-    default_method: Method = "predict"
+    default_method: Method | None = None
+    """The method when a request names none; unset, the model's own default (predict, or
+    predict_proba for H2O MOJOs, as H2O's scorer answers)."""
     target_name: str | None = None
     """Prefix for class labels in named probability answers (`fraud` -> `fraud.0`)."""
     program: str = contract.DEFAULT_PROGRAM

@@ -96,6 +96,8 @@ class ModelSpec:
     kinds: tuple[ColumnKind, ...] | None = None
     """Per feature; None means all numeric."""
     classes: tuple[Any, ...] | None = None
+    default_method: Method = "predict"
+    """What a request that names no method gets, unless the settings say otherwise."""
     target: str | None = None
     """The response's name, prefixing labelled probabilities (`fraud.1`) unless settings name one."""
     sample: list[list[Any]] | None = None

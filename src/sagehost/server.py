@@ -108,7 +108,8 @@ def warm_up(loaded: Loaded, settings: Settings) -> None:
     table = _sample(loaded, settings.model_dir)
     if table is None:
         return
-    method = settings.default_method if settings.default_method in loaded.spec.methods else "predict"
+    method = settings.default_method or loaded.spec.default_method
+    method = method if method in loaded.spec.methods else "predict"
     try:
         outputs = loaded.predict(conform(table, loaded.spec), method)
     except (Exception, SagehostError) as exc:
@@ -230,6 +231,10 @@ def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | No
                 loaded = load_and_warm(settings)
             except StartupError as exc:
                 report_startup_failure(exc)
+                return STARTUP_FAILED
+            except Exception as exc:  # a loader's own bug: still a model that cannot start, not a crash
+                log.exception("Loading the model failed")
+                report_startup_failure(ModelLoadError(f"Loading the model raised {type(exc).__name__}: {exc}."))
                 return STARTUP_FAILED
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"r")

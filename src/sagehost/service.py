@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 from sagehost import codecs
 from sagehost.config import Method, Settings
 from sagehost.errors import Overloaded, PredictionTimeout, UnsupportedMethod
+from sagehost.formats.arrays import unsupported
 from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, ModelThread, Predictor, Rows, Shape
@@ -57,10 +58,10 @@ class RowService:
 
     async def invoke(self, invocation: Invocation) -> Reply:
         accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
-        method = invocation.method or self._settings.default_method
         spec = self._predictor.spec
+        method = invocation.method or self._settings.default_method or spec.default_method
         if method not in spec.methods:
-            raise UnsupportedMethod(f"This model has no {method}; it offers: {', '.join(sorted(spec.methods))}.")
+            raise UnsupportedMethod(unsupported(method, spec))
         if len(invocation.body) > _OFFLOAD_BYTES:
             rows, shape = await asyncio.to_thread(self.prepare, invocation)
         else:

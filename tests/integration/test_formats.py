@@ -83,7 +83,8 @@ def lightgbm_text(out: Path) -> Reference:
     x, y = data()
     booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(x, y), 15)
     booster.save_model(out / "model.txt")
-    return Reference(booster.predict, lambda rows: np.column_stack([1 - booster.predict(rows), booster.predict(rows)]))
+    p: Predict = lambda rows: np.asarray(booster.predict(rows))  # noqa: E731
+    return Reference(p, lambda rows: np.column_stack([1 - p(rows), p(rows)]))
 
 
 def lightgbm_sklearn_pickle(out: Path) -> Reference:

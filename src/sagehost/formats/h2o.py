@@ -33,20 +33,18 @@ def load(path: Path, settings: Settings) -> Model:
     jpype = require("jpype", "h2o", f"{path.name} (an H2O MOJO)")
     if not jpype.isJVMStarted():
         jpype.startJVM(classpath=[str(jar)], convertStrings=True)
-    from hex.genmodel import MojoModel  # type: ignore[import-not-found]
-    from hex.genmodel.easy import EasyPredictModelWrapper  # type: ignore[import-not-found]
-
+    easy_predict = jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper")
     try:
-        mojo = MojoModel.load(str(path))
+        mojo = jpype.JClass("hex.genmodel.MojoModel").load(str(path))
     except Exception as exc:  # a Java exception, surfaced by JPype
         raise ModelLoadError(f"H2O genmodel could not load {path.name}: {str(exc)[:300]}") from None
     config = (
-        EasyPredictModelWrapper.Config()
+        jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper$Config")()
         .setModel(mojo)
         .setConvertUnknownCategoricalLevelsToNa(True)
         .setConvertInvalidNumbersToNa(True)
     )
-    return MojoScorer(mojo, EasyPredictModelWrapper(config), path.name, settings.target_name)
+    return MojoScorer(mojo, easy_predict(config), path.name, settings.target_name)
 
 
 def _genmodel_jar(model_dir: Path) -> Path:
@@ -81,9 +79,10 @@ class MojoScorer:
             n_features=len(names),
             kinds=kinds if ColumnKind.TEXT in kinds else None,
             classes=classes,
+            default_method="predict_proba" if "predict_proba" in methods else "predict",
             target=target or str(mojo.getResponseName()),
             fork_safe=False,
-            description=f"{description}: H2O MOJO ({self._category}, {mojo.getAlgoName()})",
+            description=f"{description}: H2O MOJO ({self._category}, {mojo.getClass().getSimpleName()})",
         )
 
     @property
