@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from sagehost import contract
-from sagehost.config import METHODS, Settings, thread_limits
+from sagehost.config import FLAVORS, METHODS, Settings, thread_limits
 from sagehost.errors import ConfigError
 
 
@@ -39,13 +39,14 @@ def main() -> None:
 
 @main.command()
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Model directory [SM_MODEL_DIR; /opt/ml/model].")
+@click.option("--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several [SAGEHOST_FLAVOR].")
 @click.option("--host", help=f"Address to bind [SAGEHOST_HOST; {contract.DEFAULT_HOST}].")
 @click.option("--port", type=int, help="Port [SAGEHOST_PORT; 8080]. SAGEMAKER_BIND_TO_PORT wins when set.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes [SAGEMAKER_MODEL_SERVER_WORKERS; CPUs].")
 @click.option("--timeout", "timeout_s", type=float, help="Prediction timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
 @click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
 @click.option("--default-accept", help="Answer type for */* [SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT].")
-@click.option("--default-method", type=click.Choice(METHODS), help="[SAGEHOST_DEFAULT_METHOD; predict].")
+@click.option("--default-method", type=click.Choice(METHODS), help="[SAGEHOST_DEFAULT_METHOD; the model's own].")
 @click.option("--target-name", help="Label prefix for named probabilities [SAGEHOST_TARGET_NAME].")
 @click.option("--max-batch-rows", type=click.IntRange(min=1), help="Rows per model call [SAGEHOST_MAX_BATCH_ROWS; 64].")
 @click.option("--max-batch-wait-ms", type=click.FloatRange(min=0), help="[SAGEHOST_MAX_BATCH_WAIT_MS; 0].")

@@ -23,6 +23,9 @@ from sagehost.errors import ConfigError
 Method = Literal["predict", "predict_proba", "decision_function"]
 METHODS: tuple[Method, ...] = ("predict", "predict_proba", "decision_function")
 BatchStrategy = Literal["MULTI_RECORD", "SINGLE_RECORD"]
+# The model formats of sagehost.formats, named here so the CLI can offer them without importing
+# numpy before the thread limits are set.
+FLAVORS = ("mlflow", "sklearn", "xgboost", "lightgbm", "catboost", "onnx", "torch", "h2o")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sagehost.config import Settings
+from sagehost.config import FLAVORS, Settings
 from sagehost.errors import ConfigError, ModelLoadError
 from sagehost.formats import catboost, h2o, lightgbm, mlflow, onnx, pickles, torchscript, xgboost
 from sagehost.predictor import Model
@@ -46,6 +46,7 @@ FORMATS: tuple[Format, ...] = (
     Format("h2o", "h2o", _never, h2o.find, h2o.load, "H2O MOJO *.zip (with h2o-genmodel.jar beside it)"),
 )
 NAMES = tuple(f.name for f in FORMATS)
+assert NAMES == FLAVORS, "config.FLAVORS names the formats for the CLI: keep the two in step"
 
 
 @dataclass(frozen=True)
