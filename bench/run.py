@@ -1,9 +1,11 @@
 """Measure sagehost against the stacks users run today, side by side, in one run.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--models lr,rf] [--stacks sagehost,classic,mlflow]
+    .venv/bin/python bench/run.py [--seconds 10] [--models lr,rf,xgb,onnx]
+                                  [--stacks sagehost,granian,classic,mlflow,mlserver]
 
-For each model (scikit-learn LogisticRegression, and a 100-tree RandomForestClassifier, both on
-10 numeric features) it starts each stack on a free loopback port, sends one row per request
+For each model (scikit-learn LogisticRegression and a 100-tree RandomForestClassifier, an
+XGBoost Booster of 100 rounds, and that forest converted to ONNX; all on 10 numeric features)
+it starts each stack that can serve it on a free loopback port, sends one row per request
 over 40 keep-alive connections with wrk and with `ab -k -c 40` (HTTP/1.0), and prints
 requests/s, p50/p99 latency, errors and the servers' total RSS, then the ratios against
 sagehost. Every load run is bounded in time and request count. Needs `scripts/setup --bench`.
@@ -56,19 +58,53 @@ def free_port() -> int:
         return port
 
 
-def train(work: Path) -> dict[str, Path]:
+def train(work: Path, models: list[str]) -> dict[str, Path]:
+    """Each model in the directory layout its library saves: what a user would hand to a server."""
     x, y = make_classification(n_samples=5000, n_features=10, n_informative=6, random_state=0)
     dirs = {}
-    for name, model in (
-        ("lr", LogisticRegression(max_iter=1000)),
-        ("rf", RandomForestClassifier(n_estimators=100, random_state=0)),
-    ):
+    for name in models:
         out = work / name
         out.mkdir(parents=True)
-        joblib.dump(model.fit(x, y), out / "model.joblib")
+        SAVERS[name](x, y, out)
         dirs[name] = out
     np.savetxt(work / "row.csv", x[:1], delimiter=",", fmt="%.6f")
     return dirs
+
+
+def save_lr(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    joblib.dump(LogisticRegression(max_iter=1000).fit(x, y), out / "model.joblib")
+
+
+def save_rf(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    joblib.dump(RandomForestClassifier(n_estimators=100, random_state=0).fit(x, y), out / "model.joblib")
+
+
+def save_xgb(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    """A native Booster, 100 rounds of depth 6: what SageMaker's XGBoost algorithm trains."""
+    import xgboost as xgb
+
+    params = {"objective": "binary:logistic", "max_depth": 6, "nthread": 2}
+    xgb.train(params, xgb.DMatrix(x, y), 100).save_model(out / "model.json")
+
+
+def save_onnx(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    """The 100-tree forest converted with skl2onnx (ZipMap probabilities), as users export it."""
+    from skl2onnx import to_onnx
+
+    forest = RandomForestClassifier(n_estimators=100, random_state=0).fit(x, y)
+    (out / "model.onnx").write_bytes(to_onnx(forest, x[:1].astype(np.float32)).SerializeToString())
+
+
+SAVERS = {"lr": save_lr, "rf": save_rf, "xgb": save_xgb, "onnx": save_onnx}
+# Which stacks can serve which model: the classic recipe and MLServer's sklearn runtime take
+# joblib files only; MLflow has an xgboost and an onnx flavor of its own.
+SERVES = {
+    "sagehost": {"lr", "rf", "xgb", "onnx"},
+    "granian": {"lr", "rf", "xgb", "onnx"},
+    "classic": {"lr", "rf"},
+    "mlflow": {"lr", "rf", "xgb", "onnx"},
+    "mlserver": {"lr", "rf"},
+}
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -172,14 +208,30 @@ def start_classic(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[by
     return procs, port
 
 
-def start_mlflow(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
-    import mlflow.sklearn
+def save_for_mlflow(model_dir: Path, mlflow_dir: Path) -> None:
+    """The same model, saved by MLflow's own flavor for it."""
+    if (model_dir / "model.json").exists():
+        import mlflow.xgboost
+        import xgboost as xgb
 
+        mlflow.xgboost.save_model(xgb.Booster(model_file=str(model_dir / "model.json")), str(mlflow_dir))
+    elif (model_dir / "model.onnx").exists():
+        import mlflow.onnx
+        import onnx
+
+        mlflow.onnx.save_model(onnx.load(str(model_dir / "model.onnx")), str(mlflow_dir))
+    else:
+        import mlflow.sklearn
+
+        model = joblib.load(model_dir / "model.joblib")
+        mlflow.sklearn.save_model(model, str(mlflow_dir), serialization_format="cloudpickle")
+
+
+def start_mlflow(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
     port = free_port()
     mlflow_dir = work / f"mlflow-{model_dir.name}"
     if not mlflow_dir.exists():
-        model = joblib.load(model_dir / "model.joblib")
-        mlflow.sklearn.save_model(model, str(mlflow_dir), serialization_format="cloudpickle")
+        save_for_mlflow(model_dir, mlflow_dir)
     cmd = [
         str(VENV_BIN / "mlflow"),
         "models",
@@ -299,10 +351,12 @@ def run(models: list[str], stacks: list[str], seconds: int) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="sagehost-bench-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # nginx's worker (user nobody) must reach the gunicorn socket in here
-        dirs = train(work)
+        dirs = train(work, models)
         row = np.loadtxt(work / "row.csv", delimiter=",").tolist()
         for model in models:
             for stack in stacks:
+                if model not in SERVES[stack]:
+                    continue
                 procs, port = STACKS[stack](dirs[model], work)
                 try:
                     wait_ready(f"http://127.0.0.1:{port}{PING.get(stack, '/ping')}", procs[0])
@@ -320,7 +374,7 @@ def run(models: list[str], stacks: list[str], seconds: int) -> list[Result]:
 
 def _row(r: Result) -> str:
     return (
-        f"{r.model:3} {r.stack:9} {r.tool:6} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+        f"{r.model:4} {r.stack:9} {r.tool:6} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
         f"p99 {r.p99_ms:7.2f} ms  errors {r.errors:5d}  RSS {r.rss_mb:6.0f} MB"
     )
 
@@ -331,13 +385,13 @@ def report(results: list[Result]) -> None:
         if r.stack == "sagehost":
             continue
         ours = next(x for x in results if x.stack == "sagehost" and x.model == r.model and x.tool == r.tool)
-        print(f"  {r.model:3} {r.tool:6} sagehost / {r.stack:8} = {ours.rps / r.rps:6.1f}x")
+        print(f"  {r.model:4} {r.tool:6} sagehost / {r.stack:8} = {ours.rps / r.rps:6.1f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--models", default="lr,rf")
+    parser.add_argument("--models", default="lr,rf,xgb,onnx")
     parser.add_argument("--stacks", default="sagehost,classic,mlflow")
     args = parser.parse_args()
     for tool in ("wrk", "ab", "nginx"):

@@ -39,7 +39,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--model-dir", type=click.Path(path_type=Path), help="Model directory [SM_MODEL_DIR; /opt/ml/model].")
-@click.option("--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several [SAGEHOST_FLAVOR].")
+@click.option(
+    "--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several [SAGEHOST_FLAVOR]."
+)
 @click.option("--host", help=f"Address to bind [SAGEHOST_HOST; {contract.DEFAULT_HOST}].")
 @click.option("--port", type=int, help="Port [SAGEHOST_PORT; 8080]. SAGEMAKER_BIND_TO_PORT wins when set.")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes [SAGEMAKER_MODEL_SERVER_WORKERS; CPUs].")

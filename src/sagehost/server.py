@@ -271,7 +271,12 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
 
     def target() -> None:
         try:
-            result["loaded"] = load_and_warm(settings)
+            loaded = load(settings)
+            if settings.workers == 1 or _fork_safe(loaded):
+                warm_up(loaded, settings)
+            # else: a warm-up here would start thread pools that forked workers inherit half-alive;
+            # the parent drops this copy and each worker loads and warms its own.
+            result["loaded"] = loaded
         except BaseException as exc:
             result["error"] = exc
 

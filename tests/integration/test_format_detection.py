@@ -88,3 +88,24 @@ def test_libsvm_rows_score_as_xgboost_scores_the_same_sparse_matrix(xgboost_dir:
             "/invocations", content=sparse_body, headers={"Content-Type": "application/x-recordio-protobuf"}
         )
         np.testing.assert_allclose(sparse_answer.json(), expected[:2], rtol=1e-6)
+
+
+def test_an_inference_py_whose_model_fn_returns_a_booster_serves_it_with_two_workers(
+    xgboost_dir: Path, tmp_path: Path
+) -> None:
+    """The usual script for SageMaker's XGBoost container: only model_fn, loading a Booster."""
+    import xgboost as xgb
+
+    model_dir = tmp_path / "model"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "xgb.bin").write_bytes((xgboost_dir / "model.json").read_bytes())
+    (model_dir / "code" / "inference.py").write_text(
+        "import os\nimport xgboost as xgb\n\n\ndef model_fn(model_dir):\n"
+        "    booster = xgb.Booster()\n    booster.load_model(os.path.join(model_dir, 'xgb.bin'))\n    return booster\n"
+    )
+    rows = data()[0][:8]
+    expected = xgb.Booster(model_file=str(xgboost_dir / "model.json")).predict(xgb.DMatrix(rows.astype(np.float32)))
+    with running(model_dir, tmp_path, {"SAGEHOST_WORKERS": "2"}) as server:
+        for _ in range(4):  # reaches both workers
+            answer = server.client.post("/invocations", json=rows.tolist())
+            np.testing.assert_allclose(answer.json(), expected, rtol=1e-6)

@@ -16,6 +16,7 @@ from pathlib import Path
 from sagehost import formats
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
+from sagehost.formats.pickles import from_object
 from sagehost.models.script import ScriptHandler, call_hook, import_script
 from sagehost.models.sklearn import EstimatorModel
 from sagehost.predictor import Model
@@ -139,7 +140,7 @@ def _load_script(path: Path, model_dir: Path, settings: Settings) -> Loaded:
                 f"model_fn in {path} raised {type(exc).__name__}: {exc}. The traceback is above."
             ) from None
     if script.model_fn_only:
-        return EstimatorModel(estimator, f"{path.name}:model_fn", fast_path=settings.fast_path)
+        return from_object(estimator, f"{path.name}:model_fn", settings)
     return ScriptHandler(script, estimator, settings.default_accept)
 
 
