@@ -109,3 +109,32 @@ def test_an_inference_py_whose_model_fn_returns_a_booster_serves_it_with_two_wor
         for _ in range(4):  # reaches both workers
             answer = server.client.post("/invocations", json=rows.tolist())
             np.testing.assert_allclose(answer.json(), expected, rtol=1e-6)
+
+
+def test_an_onnx_graph_with_one_named_input_per_column_takes_records_with_text(tmp_path: Path) -> None:
+    """skl2onnx's per-column graph of a ColumnTransformer pipeline, with a string column."""
+    import pandas as pd
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"colour": rng.choice(["red", "green", "blue"], 300), "size": rng.random(300) * 10})
+    target = ((frame.colour == "red") ^ (frame["size"] > 5)).astype(int)
+    encode = ColumnTransformer([("onehot", OneHotEncoder(), ["colour"])], remainder="passthrough")
+    pipeline = Pipeline([("encode", encode), ("model", LogisticRegression())]).fit(frame, target)
+    types = [("colour", StringTensorType([None, 1])), ("size", FloatTensorType([None, 1]))]
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "model.onnx").write_bytes(to_onnx(pipeline, initial_types=types).SerializeToString())
+    sample = frame.head(10)
+    records = [{"size": float(row["size"]), "colour": row["colour"]} for _, row in sample.iterrows()]
+    with running(model_dir, tmp_path, {"SAGEHOST_WORKERS": "2"}) as server:
+        labels = server.client.post("/invocations", json=records)
+        assert labels.status_code == 200, labels.text
+        assert labels.json() == pipeline.predict(sample).tolist()
+        proba = server.client.post("/invocations?method=predict_proba", json=records[0])
+        expected = pipeline.predict_proba(sample.head(1))[0]
+        assert proba.json() == pytest.approx({"0": expected[0], "1": expected[1]}, rel=1e-5)

@@ -59,6 +59,17 @@ def xgboost_container_file(out: Path) -> Reference:
     return Reference(p, p)
 
 
+def xgboost_container_native_file(out: Path) -> Reference:
+    """`xgboost-model` as a native (UBJSON) file with no extension, as newer containers write it."""
+    import xgboost as xgb
+
+    x, y = data()
+    booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, y), 10)
+    (out / "xgboost-model").write_bytes(booster.save_raw("ubj"))
+    p: Predict = lambda rows: booster.predict(xgb.DMatrix(rows))  # noqa: E731
+    return Reference(p, lambda rows: np.column_stack([1 - p(rows), p(rows)]))
+
+
 def xgboost_ubj_regressor(out: Path) -> Reference:
     import xgboost as xgb
 
@@ -180,6 +191,7 @@ def mlflow_sklearn(out: Path) -> Reference:
 FORMATS: dict[str, Callable[[Path], Reference]] = {
     "xgboost-json": xgboost_json,
     "xgboost-container-file": xgboost_container_file,
+    "xgboost-container-native-file": xgboost_container_native_file,
     "xgboost-ubj-regressor": xgboost_ubj_regressor,
     "xgboost-sklearn-pickle": xgboost_sklearn_pickle,
     "lightgbm-text": lightgbm_text,

@@ -8,6 +8,7 @@ a probability output (a tensor, or the ZipMap dictionaries skl2onnx emits) is `p
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from sagehost.formats.arrays import flat, unsupported
 from sagehost.formats.extras import require, threads_per_worker
 from sagehost.formats.files import model_files
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
+
+log = logging.getLogger("sagehost.formats")
 
 _DTYPES: dict[str, Any] = {
     "tensor(float)": np.float32,
@@ -45,11 +48,11 @@ def load(path: Path, settings: Settings) -> Model:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
         raise ModelLoadError(f"onnxruntime could not load {path.name}: {str(exc)[:300]}") from None
-    return OnnxModel(session, path.name)
+    return OnnxModel(session, path.name, _graph_classes(path))
 
 
 class OnnxModel:
-    def __init__(self, session: Any, description: str) -> None:
+    def __init__(self, session: Any, description: str, classes: tuple[Any, ...] | None = None) -> None:
         self._session = session
         self._inputs = session.get_inputs()
         for tensor in self._inputs:
@@ -61,7 +64,7 @@ class OnnxModel:
         self._classes: tuple[Any, ...] | None = None
         self._spec = self._describe(description)
         if self._proba is not None:
-            self._classes = self._probe_classes()
+            self._classes = classes or self._probe_classes()
             self._spec = dataclasses.replace(self._spec, classes=self._classes)
 
     @property
@@ -103,19 +106,49 @@ class OnnxModel:
         if len(self._inputs) == 1:
             tensor = self._inputs[0]
             return {tensor.name: np.asarray(rows.values, dtype=_DTYPES[tensor.type])}
+        # one named column per input: each gets its own (n, 1) array of its own type
         columns = np.asarray(rows.values, dtype=object)
         return {
             tensor.name: columns[:, i : i + 1].astype(_DTYPES[tensor.type]) for i, tensor in enumerate(self._inputs)
         }
 
     def _probe_classes(self) -> tuple[Any, ...] | None:
-        """ZipMap answers carry the class labels as keys: read them off one prediction."""
-        if not self._spec.sample:
+        """ZipMap answers carry the class labels as keys: read them off one prediction of a
+        placeholder row (zeros, empty text), whose values do not matter."""
+        kinds = self._spec.kinds or (ColumnKind.NUMBER,) * (self._spec.n_features or 0)
+        if not kinds:
             return None
-        [out] = self._session.run([self._proba], self._feed(Rows(np.asarray(self._spec.sample, dtype=np.float64))))
+        probe: list[Any] = ["" if kind is ColumnKind.TEXT else 0.0 for kind in kinds]
+        try:
+            [out] = self._session.run([self._proba], self._feed(Rows([probe])))
+        except Exception:  # the graph refuses the placeholder: answers go unlabelled
+            log.info("Could not read class labels off the ONNX graph's probability output")
+            return None
         if isinstance(out, list) and out:
             return tuple(out[0].keys())
         return tuple(range(np.asarray(out).shape[1]))
+
+
+_CLASSIFIER_OPS = ("ZipMap", "LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier")
+
+
+def _graph_classes(path: Path) -> tuple[Any, ...] | None:
+    """Class labels as the graph's classifier nodes declare them (skl2onnx writes them there)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for op in _CLASSIFIER_OPS:
+        for node in graph.node:
+            if node.op_type != op:
+                continue
+            for attribute in node.attribute:
+                if attribute.name == "classlabels_int64s":
+                    return tuple(int(v) for v in attribute.ints)
+                if attribute.name == "classlabels_strings":
+                    return tuple(v.decode() for v in attribute.strings)
+    return None
 
 
 def _is_probability(output: Any) -> bool:
