@@ -65,13 +65,22 @@ class Server:
 def start_server(
     model_dir: Path, tmp: Path, env: Mapping[str, str] | None = None, *args: str, wait: bool = True
 ) -> Server:
+    return start_sagehost(["serve", "--model-dir", str(model_dir), *args], tmp, env, wait=wait)
+
+
+def start_proxy(tmp: Path, env: Mapping[str, str] | None = None, *args: str, wait: bool = True) -> Server:
+    return start_sagehost(["proxy", *args], tmp, env, wait=wait)
+
+
+def start_sagehost(command: list[str], tmp: Path, env: Mapping[str, str] | None = None, wait: bool = True) -> Server:
+    """`sagehost <command>` on a free loopback port, its output in a log file under `tmp`."""
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SAGEHOST_", "SM_"))}
     full_env.update({"SAGEHOST_WORKERS": "1", "SAGEHOST_SCRATCH_DIR": str(tmp / "scratch"), **(env or {})})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [SAGEHOST, "serve", "--model-dir", str(model_dir), "--host", "127.0.0.1", "--port", str(port), *args],
+            [SAGEHOST, *command, "--host", "127.0.0.1", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full_env,

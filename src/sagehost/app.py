@@ -21,6 +21,7 @@ from sagehost import contract
 from sagehost.codecs import media
 from sagehost.config import METHODS, Method, Settings
 from sagehost.errors import (
+    InternalError,
     InvalidPayload,
     MethodNotAllowed,
     ModelNotReady,
@@ -40,6 +41,7 @@ log = logging.getLogger("sagehost.app")
 
 _JSON = [(b"content-type", b"application/json")]
 _HEALTHY = b'{"status":"healthy"}'
+_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 
 
 class App:
@@ -90,8 +92,7 @@ class App:
                 await self._invocations(scope, receive, send)
             elif path == "/ping":
                 _allow(verb, "GET")
-                self._ready()
-                await _respond(send, scope, 200, _HEALTHY, _JSON)
+                await self._ping(scope, send)
             elif path == "/execution-parameters":
                 _allow(verb, "GET")
                 await _respond(send, scope, 200, self._execution_parameters, _JSON)
@@ -102,25 +103,39 @@ class App:
                 raise NotFound(f"No route {path[:100]!r}. This server answers GET /ping and POST /invocations.")
         except SagehostError as exc:
             await self._error(send, scope, exc)
+        except Exception:
+            log.exception("Unexpected error on %s %s", verb, path[:100])
+            await self._error(
+                send, scope, InternalError("sagehost failed unexpectedly; the server log has the details.")
+            )
+
+    async def _ping(self, scope: Scope, send: Send) -> None:
+        service = self._ready()
+        if not await service.healthy():
+            raise ModelNotReady("The scoring server is not answering its health check; /ping turns 200 when it does.")
+        await _respond(send, scope, 200, _HEALTHY, _JSON)
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         service = self._ready()
         body = await self._read_body(headers, receive)
-        query = _query(scope)
         attributes = headers.get(contract.CUSTOM_ATTRIBUTES_HEADER)
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        method = _method(_query(scope).get("method"), attributes) if service.uses_methods else None
         invocation = Invocation(
             body=body,
             content_type=headers.get("content-type"),
             accept=headers.get("accept"),
-            method=_method(query.get("method"), attributes),
+            method=method,
+            headers=scope["headers"],
+            query=raw_query,
         )
         reply = await service.invoke(invocation)
-        extra = [(b"content-type", reply.content_type.encode("latin-1"))]
-        if attributes is not None:
+        extra = [(b"content-type", reply.content_type.encode("latin-1")), *reply.headers]
+        if attributes is not None and not any(k.lower() == _ATTRIBUTES for k, _ in reply.headers):
             # SageMaker returns the container's custom attributes to the caller only if echoed.
-            extra.append((contract.CUSTOM_ATTRIBUTES_HEADER.encode(), attributes.encode("latin-1")))
-        await _respond(send, scope, 200, reply.body, extra)
+            extra.append((_ATTRIBUTES, attributes.encode("latin-1")))
+        await _respond(send, scope, reply.status, reply.body, extra)
 
     async def _predict_parameters(self, scope: Scope, send: Send) -> None:
         """The H2O scorer's GET endpoint: one named row from the query string."""

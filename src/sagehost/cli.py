@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ def _logging(level: str) -> None:
     )
 
 
+def _listening(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every server command shares: where it listens and how many workers answer."""
+    for option in reversed(
+        (
+            click.option("--host", help=f"Address to bind [SAGEHOST_HOST; {contract.DEFAULT_HOST}]."),
+            click.option("--port", type=int, help="Port [SAGEHOST_PORT; 8080]. SAGEMAKER_BIND_TO_PORT wins when set."),
+            click.option(
+                "--workers", type=click.IntRange(min=1), help="Worker processes [SAGEMAKER_MODEL_SERVER_WORKERS; CPUs]."
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sagehost")
 def main() -> None:
@@ -42,9 +58,7 @@ def main() -> None:
 @click.option(
     "--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several [SAGEHOST_FLAVOR]."
 )
-@click.option("--host", help=f"Address to bind [SAGEHOST_HOST; {contract.DEFAULT_HOST}].")
-@click.option("--port", type=int, help="Port [SAGEHOST_PORT; 8080]. SAGEMAKER_BIND_TO_PORT wins when set.")
-@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [SAGEMAKER_MODEL_SERVER_WORKERS; CPUs].")
+@_listening
 @click.option("--timeout", "timeout_s", type=float, help="Prediction timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
 @click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
 @click.option("--default-accept", help="Answer type for */* [SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT].")
@@ -64,7 +78,37 @@ def serve(max_payload_mb: int | None, **flags: Any) -> None:
     settings = _settings(**flags)
     _logging(settings.log_level)
     os.environ.update(thread_limits(settings))  # before numpy loads in the server's imports
+    if settings.upstream:  # an image's `serve` becomes a proxy when SAGEHOST_UPSTREAM says so
+        from sagehost.proxy.run import proxy as run_proxy
+
+        sys.exit(run_proxy(settings))
     from sagehost.server import serve as run
+
+    sys.exit(run(settings))
+
+
+@main.command()
+@click.option("--upstream", help="The scoring server's URL, e.g. http://127.0.0.1:9090/score [SAGEHOST_UPSTREAM].")
+@click.option("--upstream-cmd", help="Command that starts it; sagehost supervises it [SAGEHOST_UPSTREAM_CMD].")
+@click.option("--upstream-health", help="Its health path; else a TCP connect [SAGEHOST_UPSTREAM_HEALTH].")
+@click.option("--adapter", type=click.Choice(["scr", "h2o", "none"]), help="Payload translation [SAGEHOST_ADAPTER].")
+@click.option("--adapter-request", help="module:function for request bodies [SAGEHOST_ADAPTER_REQUEST].")
+@click.option("--adapter-response", help="module:function for response bodies [SAGEHOST_ADAPTER_RESPONSE].")
+@click.option("--upstream-columns", help="Names for headerless rows, a,b,c [SAGEHOST_UPSTREAM_COLUMNS].")
+@click.option("--upstream-scratch", type=click.Path(path_type=Path), help="Its temp dir [SAGEHOST_UPSTREAM_SCRATCH].")
+@_listening
+@click.option("--timeout", "timeout_s", type=float, help="Upstream timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
+@click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
+@click.option("--log-level", help="[SAGEHOST_LOG_LEVEL / SAGEMAKER_CONTAINER_LOG_LEVEL; INFO].")
+def proxy(max_payload_mb: int | None, upstream_columns: str | None, **flags: Any) -> None:
+    """The SageMaker contract in front of an external scoring server (started and supervised)."""
+    if max_payload_mb is not None:
+        flags["max_payload_bytes"] = max_payload_mb * contract.MIB
+    if upstream_columns is not None:
+        flags["upstream_columns"] = tuple(c.strip() for c in upstream_columns.split(",") if c.strip())
+    settings = _settings(**flags)
+    _logging(settings.log_level)
+    from sagehost.proxy.run import proxy as run
 
     sys.exit(run(settings))
 

@@ -73,6 +73,24 @@ class Settings:
     scratch_dir: Path = Path(tempfile.gettempdir()) / "sagehost"
     """Writable scratch space (unpacked model.tar.gz); the model dir may be read-only."""
     log_level: str = "INFO"
+    # ---- proxy mode (`sagehost proxy`) ----
+    upstream: str | None = None
+    """The scoring server's URL, path included: `http://127.0.0.1:9090/score`."""
+    upstream_cmd: str | None = None
+    """Command that starts the scoring server; sagehost supervises it."""
+    upstream_health: str | None = None
+    """The upstream's health path; without one, accepting connections counts as healthy."""
+    adapter: str | None = None
+    """Payload translation: `scr`, `h2o`, or none (transparent)."""
+    adapter_request: str | None = None
+    adapter_response: str | None = None
+    """`module:function` hooks that transform raw bodies on the way in and out."""
+    upstream_columns: tuple[str, ...] | None = None
+    """Field names for headerless rows sent to an adapter."""
+    upstream_scratch: Path | None = None
+    """The scoring server's writable temp dir (TMPDIR, java.io.tmpdir); default `<scratch>/upstream`."""
+    safe_port_range: tuple[int, int] | None = None
+    """`SAGEMAKER_SAFE_PORT_RANGE`: the ports a container may use besides its contract port."""
     channel: str = "training"
     """`train`: the input channel a pre-trained model is copied from."""
 
@@ -147,6 +165,17 @@ def _bool(name: str, raw: str) -> bool:
 
 def _str(name: str, raw: str) -> str:
     return raw
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _port_range(name: str, raw: str) -> tuple[int, int]:
+    low, sep, high = raw.partition("-")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit() or int(low) > int(high):
+        raise ConfigError(f"Setting {name}={raw!r} must be a port range like 20000-20999.")
+    return int(low), int(high)
 
 
 def _path(name: str, raw: str) -> Path:
@@ -233,6 +262,15 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("scratch_dir", ("SAGEHOST_SCRATCH_DIR",), _path),
     ("log_level", ("SAGEHOST_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL"), _log_level),
     ("channel", ("SAGEHOST_CHANNEL",), _str),
+    ("upstream", ("SAGEHOST_UPSTREAM",), _str),
+    ("upstream_cmd", ("SAGEHOST_UPSTREAM_CMD",), _str),
+    ("upstream_health", ("SAGEHOST_UPSTREAM_HEALTH",), _str),
+    ("adapter", ("SAGEHOST_ADAPTER",), _str),
+    ("adapter_request", ("SAGEHOST_ADAPTER_REQUEST",), _str),
+    ("adapter_response", ("SAGEHOST_ADAPTER_RESPONSE",), _str),
+    ("upstream_columns", ("SAGEHOST_UPSTREAM_COLUMNS",), _names),
+    ("upstream_scratch", ("SAGEHOST_UPSTREAM_SCRATCH",), _path),
+    ("safe_port_range", ("SAGEMAKER_SAFE_PORT_RANGE",), _port_range),
 )
 
 

@@ -102,6 +102,13 @@ class ModelError(SagehostError):
     code = "model_error"
 
 
+class InternalError(SagehostError):
+    """A bug of ours: logged with its traceback, answered without it."""
+
+    status = 500
+    code = "internal_error"
+
+
 class ModelNotReady(SagehostError):
     status = 503
     code = "model_not_ready"
@@ -115,6 +122,25 @@ class Overloaded(SagehostError):
 class PredictionTimeout(SagehostError):
     status = 504
     code = "prediction_timeout"
+
+
+class UpstreamRejected(SagehostError):
+    """Proxy mode: the scoring server refused a translated request (its 4xx)."""
+
+    status = 400
+    code = "upstream_rejected"
+
+
+class UpstreamUnavailable(SagehostError):
+    """Proxy mode: the scoring server is down, refused the connection, or failed (its 5xx)."""
+
+    status = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(SagehostError):
+    status = 504
+    code = "upstream_timeout"
 
 
 class StartupError(Exception):

@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,11 +27,11 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from sagehost import codecs, contract
-from sagehost.app import App
+from sagehost import codecs, contract, supervisor
+from sagehost.app import App, ServiceFactory
 from sagehost.batching import MicroBatcher
 from sagehost.config import Settings
-from sagehost.errors import ModelLoadError, ModelNotReady, SagehostError, StartupError
+from sagehost.errors import ModelLoadError, SagehostError, StartupError
 from sagehost.models import Loaded, fork_safe, load
 from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
@@ -41,7 +40,7 @@ from sagehost.service import RowService, ScriptService, Service
 
 log = logging.getLogger("sagehost.server")
 
-STARTUP_FAILED = 3  # a worker's exit code when its model cannot load: do not restart it
+STARTUP_FAILED = supervisor.STARTUP_FAILED
 INPUT_EXAMPLE = "input_example.json"
 
 
@@ -149,6 +148,11 @@ def run_worker(sock: socket.socket, settings: Settings, loaded: Loaded) -> int:
     async def load_service() -> Service:
         return build_service(loaded, settings)
 
+    return run_app(sock, settings, load_service)
+
+
+def run_app(sock: socket.socket, settings: Settings, load_service: ServiceFactory) -> int:
+    """uvicorn (httptools + uvloop) serving the app on the shared socket until SIGTERM."""
     app = App(settings, load_service)
     config = uvicorn.Config(
         app,
@@ -172,54 +176,10 @@ def run_worker(sock: socket.socket, settings: Settings, loaded: Loaded) -> int:
 
 
 def supervise(sock: socket.socket, settings: Settings, preloaded: Loaded | None) -> int:
-    children: dict[int, int] = {}
-    stopping = False
-    restarts: list[float] = []
-    ready_r, ready_w = os.pipe()
-    os.set_blocking(ready_w, False)  # workers restarted later write too, and nobody reads then
+    def work(ready_fd: int) -> int:
+        return _worker_main(sock, settings, preloaded, ready_fd)
 
-    def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            os.close(ready_r)
-            os._exit(_worker_main(sock, settings, preloaded, ready_w))
-        children[pid] = slot
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        if not stopping:
-            log.info("Received %s: draining %d worker(s)", signal.Signals(signum).name, len(children))
-        stopping = True
-        _signal_all(children, signal.SIGTERM)
-        signal.alarm(int(contract.SHUTDOWN_GRACE_S) + 3)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGALRM, lambda *_: _signal_all(children, signal.SIGKILL))
-    for slot in range(settings.workers):
-        spawn(slot)
-    os.close(ready_w)
-    early = _answer_503_until_ready(sock, ready_r) if preloaded is None else None
-    failed = False
-    while children:
-        pid, status = early or os.wait()
-        early = None
-        slot = children.pop(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            continue
-        if code == STARTUP_FAILED:
-            log.error("Worker %d could not load the model; stopping the server.", pid)
-            failed = stopping = True
-            _signal_all(children, signal.SIGTERM)
-            continue
-        log.error("Worker %d exited unexpectedly (code %d); starting a replacement.", pid, code)
-        restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
-        time.sleep(min(5.0, 0.1 * 2 ** min(len(restarts), 6)))  # back off a crash loop
-        spawn(slot)
-    sock.close()
-    os.close(ready_r)
-    return 1 if failed else 0
+    return supervisor.supervise(sock, settings.workers, work, wait_ready=preloaded is None)
 
 
 def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | None, ready_fd: int) -> int:
@@ -245,26 +205,6 @@ def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | No
         return 1
 
 
-def _answer_503_until_ready(sock: socket.socket, ready_fd: int) -> tuple[int, int] | None:
-    """While workers load after fork, the parent answers 503; it stops once one is ready.
-
-    Returns a worker's (pid, status) if one exited first (it could not load), for the
-    supervisor to handle as it would any exit.
-    """
-    with selectors.DefaultSelector() as selector:
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, "conn")
-        selector.register(ready_fd, selectors.EVENT_READ, "ready")
-        while True:
-            for key, _ in selector.select(timeout=0.05):
-                if key.data == "ready":
-                    return None
-                _answer_loading(sock)
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid:
-                return pid, status
-
-
 def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
     """Load in a thread while this thread answers every connection 503 (model loading)."""
     result: dict[str, Any] = {}
@@ -287,7 +227,7 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
         selector.register(sock, selectors.EVENT_READ)
         while loader.is_alive():
             if selector.select(timeout=0.05):
-                _answer_loading(sock)
+                supervisor.answer_loading(sock)
     loader.join()
     if "error" in result:
         error = result["error"]
@@ -299,27 +239,6 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
     return loaded
 
 
-_LOADING_BODY = ModelNotReady("The model is still loading; /ping answers 200 once it can predict.").body()
-_LOADING = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s" % (len(_LOADING_BODY), _LOADING_BODY)
-)
-
-
-def _answer_loading(sock: socket.socket) -> None:
-    try:
-        conn, _ = sock.accept()
-    except (BlockingIOError, InterruptedError):
-        return
-    with conn:
-        conn.settimeout(0.5)
-        try:
-            conn.recv(65536)
-            conn.sendall(_LOADING)
-        except OSError:
-            pass
-
-
 def _fork_safe(loaded: Loaded) -> bool:
     return isinstance(loaded, ScriptHandler) or loaded.spec.fork_safe
 
@@ -327,12 +246,6 @@ def _fork_safe(loaded: Loaded) -> bool:
 def report_startup_failure(exc: StartupError) -> None:
     """The paragraph a user reads in CloudWatch (container stderr)."""
     print(f"sagehost: cannot start. {exc}", file=sys.stderr, flush=True)
-
-
-def _signal_all(children: dict[int, int], sig: int) -> None:
-    for pid in list(children):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -30,22 +30,36 @@ class Invocation:
     content_type: str | None
     accept: str | None
     method: Method | None = None
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    """Every request header as received, for services that forward them (proxy mode)."""
+    query: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
     body: bytes
     content_type: str
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Extra response headers (a proxied upstream's SageMaker headers)."""
 
 
 class Service(Protocol):
+    uses_methods: bool
+    """Whether `?method=` / custom attributes `method=` choose a model method (not in proxy mode,
+    where custom attributes belong to the upstream)."""
+
     @property
     def description(self) -> str: ...
+
+    async def healthy(self) -> bool: ...
 
     async def invoke(self, invocation: Invocation) -> Reply: ...
 
 
 class RowService:
+    uses_methods = True
+
     def __init__(self, predictor: Predictor, settings: Settings) -> None:
         self._predictor = predictor
         self._settings = settings
@@ -55,6 +69,9 @@ class RowService:
     @property
     def description(self) -> str:
         return self._predictor.spec.description
+
+    async def healthy(self) -> bool:
+        return True  # loaded and warmed up before the app had a service at all
 
     async def invoke(self, invocation: Invocation) -> Reply:
         accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
@@ -76,6 +93,8 @@ class RowService:
 
 
 class ScriptService:
+    uses_methods = True
+
     def __init__(self, handler: ScriptHandler, settings: Settings, thread: ModelThread = MODEL_THREAD) -> None:
         self._handler = handler
         self._settings = settings
@@ -85,6 +104,9 @@ class ScriptService:
     @property
     def description(self) -> str:
         return self._handler.description
+
+    async def healthy(self) -> bool:
+        return True
 
     async def invoke(self, invocation: Invocation) -> Reply:
         if self._in_flight >= self._settings.max_queue:

@@ -20,7 +20,7 @@ _MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
 def conform(table: Table, spec: ModelSpec) -> Rows:
     if table.sparse:
         table = _widen(table, spec)
-    table = _strip_header(table, spec)
+    table = strip_header(table, spec)
     rows, names = _ordered(table, spec)
     if spec.numeric:
         return Rows(_numeric(rows, names))
@@ -37,7 +37,7 @@ def _widen(table: Table, spec: ModelSpec) -> Table:
     return type(table)(np.hstack([rows, padding]), None, table.shape)
 
 
-def _strip_header(table: Table, spec: ModelSpec) -> Table:
+def strip_header(table: Table, spec: ModelSpec) -> Table:
     """A CSV header row maps columns by name; it is recognised, never required."""
     rows = table.rows
     if table.columns is not None or isinstance(rows, np.ndarray) or not rows:

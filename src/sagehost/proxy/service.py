@@ -1,0 +1,161 @@
+"""The proxy's Service: forward transparently, or translate through an adapter.
+
+Transparent: the body and every end-to-end header go to the upstream (Content-Type, Accept,
+SageMaker's custom attributes and inference id among them); its status, body, Content-Type and
+SageMaker headers come back. With an adapter, requests are decoded by sagehost's codecs into
+named rows, sent in the upstream's shape (micro-batched when it takes several rows per call),
+and answered in the requested Accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from sagehost import codecs
+from sagehost.batching import MicroBatcher
+from sagehost.config import Method, Settings
+from sagehost.errors import InvalidPayload, UpstreamRejected, UpstreamUnavailable
+from sagehost.models.schema import strip_header
+from sagehost.predictor import ModelSpec, Outputs, Rows, Table
+from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored
+from sagehost.proxy.client import Client, Headers, Response
+from sagehost.proxy.health import UpstreamHealth
+from sagehost.service import Invocation, Reply
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the client recomputes: never forwarded.
+_HOP_BY_HOP = frozenset(
+    {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer",
+     b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"expect"}
+)  # fmt: skip
+_ANSWER_HEADERS = (b"x-amzn-sagemaker-", b"x-amzn-")
+
+
+class ProxyService:
+    uses_methods = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        health: UpstreamHealth,
+        adapter: Adapter | None = None,
+        hooks: tuple[RequestHook | None, ResponseHook | None] = (None, None),
+    ) -> None:
+        assert settings.upstream is not None
+        self._settings = settings
+        self._upstream = settings.upstream
+        self._client = client
+        self._health = health
+        self._adapter = adapter
+        self._request_hook, self._response_hook = hooks
+        self._batchers: dict[Fields, tuple[MicroBatcher, UpstreamPredictor]] = {}
+
+    @property
+    def description(self) -> str:
+        return f"proxy to {self._upstream}" + (f" ({self._adapter.name} adapter)" if self._adapter else "")
+
+    async def healthy(self) -> bool:
+        return await self._health.healthy()
+
+    async def invoke(self, invocation: Invocation) -> Reply:
+        if self._adapter is None:
+            return await self._forward(invocation)
+        return await self._translate(invocation, self._adapter)
+
+    # ---- transparent ----------------------------------------------------------------------
+
+    async def _forward(self, invocation: Invocation) -> Reply:
+        body = invocation.body
+        headers: Headers = [(k.lower(), v) for k, v in invocation.headers if k.lower() not in _HOP_BY_HOP]
+        content_type = invocation.content_type or ""
+        accept = invocation.accept or ""
+        if self._request_hook is not None:
+            body, content_type = self._request_hook(body, content_type, accept)
+            headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", content_type.encode())]
+        url = self._upstream + (f"?{invocation.query}" if invocation.query else "")
+        response = await self._client.request("POST", url, headers, body, self._settings.timeout_s)
+        answer_type = (response.header(b"content-type") or b"application/octet-stream").decode("latin-1")
+        answer = response.body
+        if self._response_hook is not None:
+            answer, answer_type = self._response_hook(response.status, answer, answer_type, accept)
+        passed = tuple((k, v) for k, v in response.headers if k.lower().startswith(_ANSWER_HEADERS))
+        return Reply(answer, answer_type, status=response.status, headers=passed)
+
+    # ---- adapters -------------------------------------------------------------------------
+
+    async def _translate(self, invocation: Invocation, adapter: Adapter) -> Reply:
+        accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
+        table = codecs.decode(invocation.body, invocation.content_type)
+        fields, rows = self._named(table)
+        if adapter.batchable:
+            batcher, upstream = self._batcher(fields, adapter)
+            outputs = await batcher.predict(Rows(rows), "predict")
+            labels = upstream.output_fields
+        else:
+            scored = await asyncio.gather(*(self._call(adapter, fields, [row]) for row in rows))
+            outputs = [row for s in scored for row in s.rows]
+            labels = scored[0].fields
+        return Reply(codecs.encode(outputs, accept, table.shape, labels), accept)
+
+    def _named(self, table: Table) -> tuple[Fields, list[list[Any]]]:
+        columns = self._settings.upstream_columns
+        if table.columns is None:
+            table = strip_header(table, ModelSpec(methods=frozenset(), feature_names=columns))
+        fields = table.columns or columns
+        if fields is None:
+            raise InvalidPayload(
+                "This scoring server takes named fields: send JSON records, a CSV header row, or set "
+                "SAGEHOST_UPSTREAM_COLUMNS to the column names of headerless rows."
+            )
+        rows = table.rows.tolist() if isinstance(table.rows, np.ndarray) else [list(r) for r in table.rows]
+        if any(len(row) != len(fields) for row in rows):
+            raise InvalidPayload(f"Each row needs {len(fields)} values, one per field: {', '.join(fields)}.")
+        return tuple(fields), rows
+
+    def _batcher(self, fields: Fields, adapter: Adapter) -> tuple[MicroBatcher, UpstreamPredictor]:
+        """One batcher per field list: only requests naming the same fields share an upstream call."""
+        pair = self._batchers.get(fields)
+        if pair is None:
+            upstream = UpstreamPredictor(self, adapter, fields)
+            batcher = MicroBatcher(upstream, max_rows=self._settings.max_batch_rows, max_queue=self._settings.max_queue)
+            pair = self._batchers[fields] = (batcher, upstream)
+        return pair
+
+    async def _call(self, adapter: Adapter, fields: Fields, rows: Sequence[Sequence[Any]]) -> Scored:
+        body = adapter.request(fields, rows)
+        headers: Headers = [(b"content-type", JSON), (b"accept", JSON)]
+        response = await self._client.request("POST", self._upstream, headers, body, self._settings.timeout_s)
+        _check(response)
+        scored = adapter.response(response.body)
+        if len(scored.rows) != len(rows):
+            raise UpstreamUnavailable(f"The scoring server answered {len(scored.rows)} rows for {len(rows)}.")
+        return scored
+
+
+class UpstreamPredictor:
+    """One upstream call per micro-batch; remembers the answer's field names for the labels."""
+
+    def __init__(self, service: ProxyService, adapter: Adapter, fields: Fields) -> None:
+        self._service = service
+        self._adapter = adapter
+        self._fields = fields
+        self.output_fields: Fields = ()
+        self.spec = ModelSpec(methods=frozenset({"predict"}), feature_names=fields, description="upstream")
+
+    async def predict(self, rows: Rows, method: Method) -> Outputs:
+        scored = await self._service._call(self._adapter, self._fields, list(rows.values))
+        self.output_fields = scored.fields
+        return scored.rows
+
+
+def _check(response: Response) -> None:
+    if response.status < 400:
+        return
+    detail = response.body[:200].decode("utf-8", errors="replace")
+    if response.status < 500:
+        raise UpstreamRejected(f"The scoring server refused the request (HTTP {response.status}): {detail}")
+    raise UpstreamUnavailable(f"The scoring server failed (HTTP {response.status}).")

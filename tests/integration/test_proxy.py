@@ -1,0 +1,283 @@
+"""`sagehost proxy` in front of real scoring servers it starts and supervises: MLflow's scoring
+server (a real third-party server), and SCR- and H2O-shaped servers written from their APIs."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+
+from tests.conftest import Server, free_port, start_proxy, wait_healthy
+from tests.integration.fake_scorers import fraud_probability
+
+FAKE = Path(__file__).with_name("fake_scorers.py")
+VENV_BIN = Path(sys.executable).parent
+
+
+def fake(kind: str, port: int) -> str:
+    return f"{sys.executable} {FAKE} {kind} {port}"
+
+
+def proxy(tmp: Path, *args: str, env: dict[str, str] | None = None, wait: bool = True) -> Server:
+    return start_proxy(tmp, {"SAGEHOST_WORKERS": "2", **(env or {})}, *args, wait=wait)
+
+
+@pytest.fixture
+def echo(tmp_path: Path) -> Iterator[tuple[Server, int]]:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/invocations", "--upstream-cmd", fake("echo", port),
+                   "--upstream-health", "/health", env={"SAGEHOST_TIMEOUT": "1"})  # fmt: skip
+    yield server, port
+    server.stop()
+
+
+def test_transparent_forward_keeps_body_headers_status_and_query(echo: tuple[Server, int]) -> None:
+    server, _ = echo
+    headers = {"Content-Type": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "trace=7"}
+    answer = server.client.post("/invocations?variant=b", content=b"1,2\n3,4", headers=headers)
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body == {
+        "body": "1,2\n3,4",
+        "content_type": "text/csv",
+        "path": "/invocations?variant=b",
+        "attributes": "trace=7",
+    }
+    assert answer.headers["x-amzn-sagemaker-custom-attributes"] == "echoed=1"  # the upstream's, not ours
+
+
+def test_redirects_are_followed_inside_the_proxy(tmp_path: Path) -> None:
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}/old?to=/invocations"
+    server = proxy(tmp_path, "--upstream", upstream, "--upstream-cmd", fake("echo", port))
+    try:
+        answer = server.client.post("/invocations", content=b"[1]", headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200 and answer.json()["path"] == "/invocations"
+    finally:
+        server.stop()
+
+
+def test_a_slow_upstream_is_a_504_and_ping_stays_fast(tmp_path: Path) -> None:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/slow", "--upstream-cmd", fake("echo", port),
+                   env={"SAGEHOST_TIMEOUT": "1"})  # fmt: skip
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(server.client.post, "/invocations", content=b"1")
+            time.sleep(0.2)
+            started = time.monotonic()
+            assert server.client.get("/ping").status_code == 200
+            assert time.monotonic() - started < 0.5
+            answer = slow.result()
+        assert answer.status_code == 504 and answer.json()["error"]["code"] == "upstream_timeout"
+    finally:
+        server.stop()
+
+
+def test_the_upstream_gets_its_own_scratch_dir(tmp_path: Path) -> None:
+    port = free_port()
+    scratch = tmp_path / "scorer-tmp"
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", fake("echo", port),
+                   "--upstream-scratch", str(scratch), env={"JAVA_TOOL_OPTIONS": "-Xmx256m"})  # fmt: skip
+    try:
+        env = httpx.get(f"http://127.0.0.1:{port}/env").json()
+        assert env == {
+            "TMPDIR": str(scratch),
+            "JAVA_TOOL_OPTIONS": f"-Xmx256m -Djava.io.tmpdir={scratch}",
+            "cwd": str(scratch),
+        }
+    finally:
+        server.stop()
+
+
+def test_upstream_killed_mid_run_is_503_and_502_then_restarted(tmp_path: Path) -> None:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", fake("echo", port),
+                   "--upstream-health", "/health")  # fmt: skip
+    try:
+        pid = int(next(line for line in server.log.splitlines() if "fake echo scorer" in line).rsplit("pid ", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 1.5
+        statuses = set()
+        while time.monotonic() < deadline:  # nothing hangs: every call is answered within its timeout
+            statuses.add(server.client.get("/ping", timeout=2).status_code)
+            answer = server.client.post("/invocations", content=b"1", timeout=5)
+            statuses.add(answer.status_code)
+            if {503, 502} <= statuses:
+                break
+            time.sleep(0.05)
+        assert {503, 502} <= statuses
+        wait_healthy(server, timeout=20)  # the keeper restarted it after its back-off
+        assert server.client.post("/invocations", content=b"1").status_code == 200
+        assert "restarting it" in server.log
+    finally:
+        assert server.stop() == 0
+
+
+def test_an_upstream_that_cannot_be_kept_up_stops_the_proxy(tmp_path: Path) -> None:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", "false", wait=False)
+    assert server.process.wait(timeout=60) == 1
+    assert "giving up" in server.log
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "is the port sagehost answers SageMaker on"),
+        ({"SAGEMAKER_SAFE_PORT_RANGE": "20000-20100"}, "outside SAGEMAKER_SAFE_PORT_RANGE"),
+    ],
+)
+def test_the_upstream_port_is_checked_before_anything_starts(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    port = free_port()
+    upstream_port = port if not env else 20200
+    process = subprocess.run(
+        [str(VENV_BIN / "sagehost"), "proxy", "--upstream", f"http://127.0.0.1:{upstream_port}/x", "--port", str(port)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert process.returncode == 1 and message in process.stderr
+
+
+# ---- adapters -------------------------------------------------------------------------------
+
+RECORDS = [
+    {"age": 30, "amount": 80.0, "gender": "M"},
+    {"age": 60, "amount": 5.5, "gender": "F"},
+    {"age": 45, "amount": 40.0, "gender": "M"},
+]
+
+
+def expected_p(record: dict[str, Any]) -> float:
+    return fraud_probability(float(record["age"]), float(record["amount"]), str(record["gender"]))
+
+
+def test_scr_adapter_takes_records_csv_with_a_header_and_headerless_csv(tmp_path: Path) -> None:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/fraud", "--upstream-cmd", fake("scr", port),
+                   "--adapter", "scr", "--upstream-columns", "age,amount,gender")  # fmt: skip
+    try:
+        one = server.client.post("/invocations", json=RECORDS[0]).json()
+        assert one == {"P_fraud1": pytest.approx(expected_p(RECORDS[0])), "I_fraud": "1"}
+        csv = "gender,age,amount\n" + "\n".join(f"{r['gender']},{r['age']},{r['amount']}" for r in RECORDS)
+        rows = server.client.post("/invocations", content=csv, headers={"Content-Type": "text/csv"}).json()
+        assert [row[0] for row in rows] == pytest.approx([expected_p(r) for r in RECORDS])
+        bare = "\n".join(f"{r['age']},{r['amount']},{r['gender']}" for r in RECORDS)
+        csv_answer = server.client.post(
+            "/invocations", content=bare, headers={"Content-Type": "text/csv", "Accept": "text/csv"}
+        )
+        first = csv_answer.text.splitlines()[0].split(",")
+        assert float(first[0]) == pytest.approx(expected_p(RECORDS[0])) and first[1] == "1"
+        refused = server.client.post("/invocations", json={"age": 1, "colour": "red", "amount": 2})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "upstream_rejected"
+    finally:
+        server.stop()
+
+
+def test_h2o_adapter_micro_batches_concurrent_requests(tmp_path: Path) -> None:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/model/score", "--upstream-cmd",
+                   fake("h2o", port), "--adapter", "h2o", env={"SAGEHOST_WORKERS": "1"})  # fmt: skip
+    try:
+        one = server.client.post("/invocations", json=RECORDS[1]).json()
+        assert float(one["fraud.1"]) == pytest.approx(expected_p(RECORDS[1]))
+        requests = [RECORDS[i % 3] for i in range(60)]
+
+        def ask(record: dict[str, Any]) -> Any:
+            return httpx.post(server.url + "/invocations", json=[record], timeout=30).json()[0]
+
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(ask, requests))
+        assert [float(a["fraud.1"]) for a in answers] == pytest.approx([expected_p(r) for r in requests])
+        stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
+        assert stats["rows"] == 61
+        assert stats["score"] < 61  # several requests' rows went in one upstream call
+    finally:
+        server.stop()
+
+
+def test_request_and_response_hooks_translate_any_other_api(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "my_api.py").write_text(
+        "import json\n\n"
+        "def to_upstream(body, content_type, accept):\n"
+        "    return json.dumps({'wrapped': body.decode()}).encode(), 'application/json'\n\n"
+        "def from_upstream(status, body, content_type, accept):\n"
+        "    return json.loads(body)['body'].upper().encode(), 'text/plain'\n"
+    )
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", fake("echo", port),
+                   "--adapter-request", "my_api:to_upstream", "--adapter-response", "my_api:from_upstream",
+                   env={"SAGEHOST_CODE_DIR": str(code)})  # fmt: skip
+    try:
+        answer = server.client.post("/invocations", content=b"abc", headers={"Content-Type": "text/csv"})
+        assert answer.text == '{"WRAPPED": "ABC"}' and answer.headers["content-type"] == "text/plain"
+    finally:
+        server.stop()
+
+
+# ---- a real third-party upstream: MLflow's scoring server ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray[Any, Any]]:
+    import mlflow.sklearn
+
+    x, y = make_classification(n_samples=300, n_features=4, random_state=2)
+    out = tmp_path_factory.mktemp("mlflow") / "model"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(LogisticRegression().fit(x, y), str(out), serialization_format="cloudpickle")
+    return out, x[:10]
+
+
+@pytest.mark.slow
+def test_mlflow_scoring_server_proxied_transparently(
+    mlflow_model: tuple[Path, np.ndarray[Any, Any]], tmp_path: Path
+) -> None:
+    model, rows = mlflow_model
+    port = free_port()
+    command = f"{VENV_BIN / 'mlflow'} models serve -m {model} -h 127.0.0.1 -p {port} --env-manager local -w 1"
+    env = {"PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # mlflow execs a bare `uvicorn`
+    server = start_proxy(tmp_path, env, "--upstream", f"http://127.0.0.1:{port}/invocations", "--upstream-cmd",
+                         command, "--upstream-health", "/ping", wait=False)  # fmt: skip
+    try:
+        wait_healthy(server, timeout=90)
+        body = {"dataframe_split": {"data": rows.tolist()}}
+        direct = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=30)
+        proxied = server.client.post("/invocations", json=body)
+        assert proxied.status_code == direct.status_code == 200
+        assert proxied.json() == direct.json()
+        csv = "\n".join(",".join(map(str, row)) for row in rows)
+        with httpx.Client() as direct_client:
+            both = [
+                client.post(url, content=csv, headers={"Content-Type": "text/csv"})
+                for client, url in (
+                    (server.client, "/invocations"),
+                    (direct_client, f"http://127.0.0.1:{port}/invocations"),
+                )
+            ]
+        assert both[0].json() == both[1].json()
+        bad = server.client.post("/invocations", json={"nonsense": 1})
+        assert bad.status_code == 400  # MLflow's own status and body come back
+        assert bad.json() == httpx.post(f"http://127.0.0.1:{port}/invocations", json={"nonsense": 1}).json()
+        assert "[upstream]" in server.log  # its output, prefixed
+    finally:
+        assert server.stop() == 0
