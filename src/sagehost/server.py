@@ -161,6 +161,7 @@ def run_app(sock: socket.socket, settings: Settings, load_service: ServiceFactor
         lifespan="on",
         access_log=False,
         log_config=None,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: we use no client addresses
         # Longer than the platform's request cadence, so pooled connections are not cut mid-use.
         timeout_keep_alive=75,
         timeout_graceful_shutdown=int(contract.SHUTDOWN_GRACE_S),

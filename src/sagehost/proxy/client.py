@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,6 @@ class _Connection(asyncio.Protocol):
         self._headers: Headers = []
         self._body: list[bytes] = []
         self.open = False
-        self.used = False
         self.keep_alive = True
 
     # asyncio.Protocol
@@ -90,12 +90,23 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(response)
 
-    async def exchange(self, raw: bytes) -> Response:
-        assert self._transport is not None
-        self.used = True
-        self._waiter = asyncio.get_running_loop().create_future()
+    async def exchange(self, raw: bytes, timeout: float) -> Response:
+        # A timer on the waiter rather than asyncio.wait_for: wait_for costs a task and several
+        # callbacks per request, a measurable share of a proxy's time.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Response] = loop.create_future()
+        self._waiter = waiter
+        timer = loop.call_later(timeout, self._time_out, waiter)
         self._transport.write(raw)
-        return await self._waiter
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def _time_out(self, waiter: asyncio.Future[Response]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+        self.close()  # a late answer must not be read as the next request's
 
     def close(self) -> None:
         self.open = False
@@ -119,7 +130,7 @@ class Pool:
     async def request(self, method: str, target: str, headers: Headers, body: bytes, timeout: float) -> Response:
         raw = self._serialize(method, target, headers, body)
         try:
-            return await asyncio.wait_for(self._send(raw), timeout)
+            return await self._send(raw, timeout)
         except TimeoutError:
             raise UpstreamTimeout(f"The scoring server did not answer within {timeout:g} s.") from None
         except OSError as exc:
@@ -127,39 +138,43 @@ class Pool:
                 f"The scoring server at {self.origin.host}:{self.origin.port} is not reachable ({exc.strerror or exc})."
             ) from None
 
-    async def _send(self, raw: bytes) -> Response:
+    async def _send(self, raw: bytes, timeout: float) -> Response:
         conn = self._take()
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(timeout)
         try:
-            response = await conn.exchange(raw)
+            response = await conn.exchange(raw, timeout)
         except asyncio.CancelledError:
             conn.close()  # a half-read answer would poison the next request on this connection
             raise
         except ConnectionError:
             conn.close()
-            if not conn.reused:
+            if not reused:
                 raise
-            conn = await self._connect()  # it went stale while idle: the request never arrived
-            response = await conn.exchange(raw)
+            conn = await self._connect(timeout)  # it went stale while idle: the request never arrived
+            response = await conn.exchange(raw, timeout)
         self._give_back(conn)
         return response
 
-    def _take(self) -> _ReusableConnection:
+    def _take(self) -> _Connection | None:
+        # Oldest first: load spreads over every connection, so over every upstream worker.
         while self._idle:
-            conn = self._idle.pop()
+            conn = self._idle.popleft()
             if conn.open:
-                return _ReusableConnection(conn, reused=True)
-        return _ReusableConnection(None, reused=False, pool=self)
+                return conn
+        return None
 
-    async def _connect(self) -> _ReusableConnection:
+    async def _connect(self, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, self.origin.host, self.origin.port)
-        return _ReusableConnection(conn, reused=False)
+        connecting = loop.create_connection(_Connection, self.origin.host, self.origin.port)
+        _, conn = await asyncio.wait_for(connecting, timeout)
+        return conn
 
-    def _give_back(self, handle: _ReusableConnection) -> None:
-        conn = handle.conn
-        if conn is not None and conn.open and conn.keep_alive and len(self._idle) < self._size:
+    def _give_back(self, conn: _Connection) -> None:
+        if conn.open and conn.keep_alive and len(self._idle) < self._size:
             self._idle.append(conn)
-        elif conn is not None:
+        else:
             conn.close()
 
     def _serialize(self, method: str, target: str, headers: Headers, body: bytes) -> bytes:
@@ -173,25 +188,11 @@ class Pool:
             self._idle.pop().close()
 
 
-class _ReusableConnection:
-    """A pooled connection, or the promise of a new one made on first use."""
-
-    def __init__(self, conn: _Connection | None, reused: bool, pool: Pool | None = None) -> None:
-        self.conn = conn
-        self.reused = reused
-        self._pool = pool
-
-    async def exchange(self, raw: bytes) -> Response:
-        if self.conn is None:
-            assert self._pool is not None
-            fresh = await self._pool._connect()
-            self.conn = fresh.conn
-        assert self.conn is not None
-        return await self.conn.exchange(raw)
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+@functools.lru_cache(maxsize=256)
+def _split(url: str) -> tuple[Origin, str]:
+    """(origin, request target) of a URL; cached, since the proxy sends every request to one URL."""
+    parts = urllib.parse.urlsplit(url)
+    return Origin.of(url), (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 class Client:
@@ -208,9 +209,11 @@ class Client:
 
     async def request(self, method: str, url: str, headers: Headers, body: bytes, timeout: float) -> Response:
         for _ in range(_MAX_REDIRECTS + 1):
-            parts = urllib.parse.urlsplit(url)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            response = await self.pool(Origin.of(url)).request(method, target, headers, body, timeout)
+            try:
+                origin, target = _split(url)
+            except ValueError as exc:
+                raise UpstreamUnavailable(f"The scoring server redirected to an unusable URL ({exc}).") from None
+            response = await self.pool(origin).request(method, target, headers, body, timeout)
             location = response.header(b"location")
             if response.status not in _REDIRECTS or location is None:
                 return response
