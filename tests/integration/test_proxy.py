@@ -281,3 +281,26 @@ def test_mlflow_scoring_server_proxied_transparently(
         assert "[upstream]" in server.log  # its output, prefixed
     finally:
         assert server.stop() == 0
+
+
+def test_an_upstream_query_is_kept_and_a_failing_hook_is_a_named_500(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "broken.py").write_text("def to_upstream(body, content_type, accept):\n    raise ValueError('no')\n")
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}/x?key=1"
+    plain = proxy(tmp_path, "--upstream", upstream, "--upstream-cmd", fake("echo", port))
+    try:
+        answer = plain.client.post("/invocations?variant=b", content=b"1", headers={"Content-Type": "text/csv"})
+        assert answer.json()["path"] == "/x?key=1&variant=b"
+        # a second proxy on the same upstream (the first one keeps it running), with a broken hook
+        hooked = proxy(tmp_path, "--upstream", upstream, "--adapter-request", "broken:to_upstream",
+                       env={"SAGEHOST_CODE_DIR": str(code)})  # fmt: skip
+        try:
+            failed = hooked.client.post("/invocations", content=b"1")
+            assert failed.status_code == 500
+            assert "--adapter-request hook raised ValueError" in failed.json()["error"]["message"]
+        finally:
+            hooked.stop()
+    finally:
+        plain.stop()

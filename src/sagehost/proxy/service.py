@@ -10,7 +10,8 @@ and answered in the requested Accept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from sagehost import codecs
 from sagehost.batching import MicroBatcher
 from sagehost.config import Method, Settings
-from sagehost.errors import InvalidPayload, UpstreamRejected, UpstreamUnavailable
+from sagehost.errors import InvalidPayload, ModelError, UpstreamRejected, UpstreamUnavailable
 from sagehost.models.schema import strip_header
 from sagehost.predictor import ModelSpec, Outputs, Rows, Table
 from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored
@@ -32,6 +33,8 @@ _HOP_BY_HOP = frozenset(
      b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"expect"}
 )  # fmt: skip
 _ANSWER_HEADERS = (b"x-amzn-sagemaker-", b"x-amzn-")
+
+log = logging.getLogger("sagehost.proxy")
 
 
 class ProxyService:
@@ -53,6 +56,7 @@ class ProxyService:
         self._adapter = adapter
         self._request_hook, self._response_hook = hooks
         self._batchers: dict[Fields, tuple[MicroBatcher, UpstreamPredictor]] = {}
+        self._one_row_calls = asyncio.Semaphore(32)
 
     @property
     def description(self) -> str:
@@ -74,14 +78,17 @@ class ProxyService:
         content_type = invocation.content_type or ""
         accept = invocation.accept or ""
         if self._request_hook is not None:
-            body, content_type = self._request_hook(body, content_type, accept)
+            body, content_type = _run_hook(self._request_hook, "--adapter-request", body, content_type, accept)
             headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", content_type.encode())]
-        url = self._upstream + (f"?{invocation.query}" if invocation.query else "")
+        url = self._upstream
+        if invocation.query:
+            url += ("&" if "?" in url else "?") + invocation.query
         response = await self._client.request("POST", url, headers, body, self._settings.timeout_s)
         answer_type = (response.header(b"content-type") or b"application/octet-stream").decode("latin-1")
         answer = response.body
         if self._response_hook is not None:
-            answer, answer_type = self._response_hook(response.status, answer, answer_type, accept)
+            hooked = _run_hook(self._response_hook, "--adapter-response", response.status, answer, answer_type, accept)
+            answer, answer_type = hooked
         passed = tuple((k, v) for k, v in response.headers if k.lower().startswith(_ANSWER_HEADERS))
         return Reply(answer, answer_type, status=response.status, headers=passed)
 
@@ -96,7 +103,7 @@ class ProxyService:
             outputs = await batcher.predict(Rows(rows), "predict")
             labels = upstream.output_fields
         else:
-            scored = await asyncio.gather(*(self._call(adapter, fields, [row]) for row in rows))
+            scored = await asyncio.gather(*(self._call_one(adapter, fields, row) for row in rows))
             outputs = [row for s in scored for row in s.rows]
             labels = scored[0].fields
         return Reply(codecs.encode(outputs, accept, table.shape, labels), accept)
@@ -125,6 +132,11 @@ class ProxyService:
             pair = self._batchers[fields] = (batcher, upstream)
         return pair
 
+    async def _call_one(self, adapter: Adapter, fields: Fields, row: Sequence[Any]) -> Scored:
+        """One row per call: a big request's rows go concurrently, but never more than 32 at once."""
+        async with self._one_row_calls:
+            return await self._call(adapter, fields, [row])
+
     async def _call(self, adapter: Adapter, fields: Fields, rows: Sequence[Sequence[Any]]) -> Scored:
         body = adapter.request(fields, rows)
         headers: Headers = [(b"content-type", JSON), (b"accept", JSON)]
@@ -150,6 +162,16 @@ class UpstreamPredictor:
         scored = await self._service._call(self._adapter, self._fields, list(rows.values))
         self.output_fields = scored.fields
         return scored.rows
+
+
+def _run_hook(hook: Callable[..., tuple[bytes, str]], name: str, *args: Any) -> tuple[bytes, str]:
+    """A user's hook: its failure is theirs to read about in the log, and a 500 that names it."""
+    try:
+        body, content_type = hook(*args)
+    except Exception as exc:
+        log.exception("The %s hook raised", name)
+        raise ModelError(f"The {name} hook raised {type(exc).__name__}; the server log has the traceback.") from None
+    return bytes(body), str(content_type)
 
 
 def _check(response: Response) -> None:
