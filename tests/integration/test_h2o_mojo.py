@@ -47,9 +47,13 @@ def mojo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, pd.Da
     yield out, frame.head(20), expected
 
 
-@pytest.fixture(scope="module")
-def served(mojo: tuple[Path, pd.DataFrame, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with running(mojo[0], tmp_path_factory.mktemp("logs"), {"SAGEHOST_WORKERS": "2"}) as server:
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one worker, JVM in the server", "two workers, a JVM each"])
+def served(
+    mojo: tuple[Path, pd.DataFrame, pd.DataFrame],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[Server]:
+    with running(mojo[0], tmp_path_factory.mktemp("logs"), {"SAGEHOST_WORKERS": request.param}) as server:
         yield server
 
 
