@@ -133,6 +133,42 @@ def train(source: Path | None, channel: str | None) -> None:
     sys.exit(run(settings, source))
 
 
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.tar.gz"), show_default=True)
+@click.option("--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several.")
+def package(model_dir: Path, output: Path, flavor: str | None) -> None:
+    """Write MODEL_DIR as a model.tar.gz SageMaker unpacks correctly (files at the root)."""
+    from sagehost.errors import StartupError
+    from sagehost.package import package as write
+
+    try:
+        click.echo(write(model_dir, output, _settings(flavor=flavor)))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("payload", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="A running server.")
+@click.option("--content-type", "-t", default="text/csv", show_default=True)
+@click.option("--accept", "-a", help="Answer type (default: the server's).")
+@click.option("--custom-attributes", help="X-Amzn-SageMaker-Custom-Attributes, e.g. method=predict_proba.")
+def invoke(payload: Path, url: str, content_type: str, accept: str | None, custom_attributes: str | None) -> None:
+    """POST a payload file to /invocations and print the answer (errors on stderr, exit 1)."""
+    from sagehost.invoke import invoke as send
+
+    try:
+        answer = send(url, payload, content_type, accept=accept, custom_attributes=custom_attributes)
+    except OSError as exc:
+        raise click.ClickException(f"{url} is not reachable: {exc}") from None
+    text = answer.body.decode("utf-8", errors="replace")
+    if not answer.ok:
+        click.echo(f"HTTP {answer.status}: {text}", err=True)
+        sys.exit(1)
+    click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+
+
 def serve_entry() -> None:
     """`serve` on PATH: SageMaker starts images as `docker run IMAGE serve`."""
     main(["serve", *sys.argv[1:]], prog_name="sagehost")
