@@ -41,6 +41,7 @@ log = logging.getLogger("sagehost.app")
 
 _JSON = [(b"content-type", b"application/json")]
 _HEALTHY = b'{"status":"healthy"}'
+_DRAIN_LIMIT = 64 * 1024 * 1024
 _ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 
 
@@ -157,6 +158,7 @@ class App:
         limit = self.settings.max_payload_bytes
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _drain(receive)
             raise _too_large(limit)
         chunks: list[bytes] = []
         size = 0
@@ -164,10 +166,13 @@ class App:
             message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > limit:  # chunked bodies (Batch Transform with MaxPayloadInMB=0) have no length
+                if more:
+                    await _drain(receive)
                 raise _too_large(limit)
             chunks.append(chunk)
-            if not message.get("more_body", False):
+            if not more:
                 break
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
@@ -187,6 +192,18 @@ class App:
 def _allow(verb: str, allowed: str) -> None:
     if verb != allowed and not (allowed == "GET" and verb == "HEAD"):
         raise MethodNotAllowed(f"Use {allowed} here, not {verb}.")
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a refused body, up to a bound, so the 413 reaches the client:
+    closing with unread data makes the kernel reset the connection, and the client sees a
+    reset instead of the answer."""
+    dropped = 0
+    while dropped < _DRAIN_LIMIT:
+        message = await receive()
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

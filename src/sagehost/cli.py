@@ -169,6 +169,25 @@ def invoke(payload: Path, url: str, content_type: str, accept: str | None, custo
     click.echo(text if text.endswith("\n") else text + "\n", nl=False)
 
 
+@main.command()
+@click.argument("url")
+@click.option(
+    "--payload",
+    "payloads",
+    multiple=True,
+    type=(click.Path(path_type=Path, exists=True, dir_okay=False), str),
+    metavar="FILE CONTENT_TYPE",
+    help="A valid request and its Content-Type; repeat for each type you support.",
+)
+def verify(url: str, payloads: tuple[tuple[Path, str], ...]) -> None:
+    """Check a running server against SageMaker's hosting contract; exit 1 on any failure."""
+    from sagehost.verify import report, verify_url
+
+    checks = verify_url(url, list(payloads))
+    click.echo(report(checks))
+    sys.exit(0 if all(c.passed for c in checks) else 1)
+
+
 def serve_entry() -> None:
     """`serve` on PATH: SageMaker starts images as `docker run IMAGE serve`."""
     main(["serve", *sys.argv[1:]], prog_name="sagehost")

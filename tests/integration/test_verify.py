@@ -1,0 +1,84 @@
+"""`sagehost verify URL` against our server and against the classic Flask recipe users run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SAGEHOST, Server, free_port, running
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def verify(url: str, *payloads: tuple[Path, str]) -> subprocess.CompletedProcess[str]:
+    args = [arg for path, kind in payloads for arg in ("--payload", str(path), kind)]
+    return subprocess.run([SAGEHOST, "verify", url, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def payloads(tmp_path: Path) -> list[tuple[Path, str]]:
+    (tmp_path / "row.csv").write_text("5.1,3.5,1.4,0.2\n")
+    (tmp_path / "row.json").write_text("[[5.1, 3.5, 1.4, 0.2]]")
+    return [(tmp_path / "row.csv", "text/csv"), (tmp_path / "row.json", "application/json")]
+
+
+@pytest.fixture(scope="module")
+def ours(iris_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(iris_dir, tmp_path_factory.mktemp("logs")) as server:
+        yield server
+
+
+def test_sagehost_passes_every_check(ours: Server, payloads: list[tuple[Path, str]]) -> None:
+    done = verify(ours.url, *payloads)
+    assert done.returncode == 0, done.stdout
+    assert "7 passed, 0 failed" in done.stdout
+    assert "PASS  A body over 6 MB is refused with a 4xx: HTTP 413" in done.stdout
+
+
+@pytest.fixture
+def classic(iris_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """AWS's scikit_bring_your_own Flask app under gunicorn, as users run it (bench/classic_recipe.py)."""
+    port = free_port()
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    env = {**os.environ, "MODEL_DIR": str(iris_dir), "PYTHONWARNINGS": "ignore"}
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(gunicorn), "--chdir", str(BENCH), "-w", "1", "-b", f"127.0.0.1:{port}", "classic_recipe:app"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/ping").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_the_classic_flask_recipe_fails_with_causes_and_fixes(classic: str, payloads: list[tuple[Path, str]]) -> None:
+    done = verify(classic, *payloads)
+    assert done.returncode == 1
+    print(done.stdout)  # what it finds, for the record
+    assert "PASS  GET /ping is 200 within 2 s" in done.stdout
+    assert "PASS  POST /invocations (text/csv)" in done.stdout
+    assert "FAIL  POST /invocations (application/json): HTTP 415" in done.stdout
+    assert "FAIL  A body over 6 MB is refused with a 4xx" in done.stdout
+    assert done.stdout.count("fix: ") == done.stdout.count("FAIL  ")
+
+
+def test_nothing_listening_is_a_failure_not_a_crash(tmp_path: Path) -> None:
+    done = verify(f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 1 and "no answer" in done.stdout and "Traceback" not in done.stderr
