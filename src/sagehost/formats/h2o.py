@@ -32,7 +32,10 @@ def load(path: Path, settings: Settings) -> Model:
     jar = _genmodel_jar(path.parent)
     jpype = require("jpype", "h2o", f"{path.name} (an H2O MOJO)")
     if not jpype.isJVMStarted():
-        jpype.startJVM(classpath=[str(jar)], convertStrings=True)
+        settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+        # A JVM's crash report goes to scratch, not into whatever directory the server runs in.
+        error_file = f"-XX:ErrorFile={settings.scratch_dir}/hs_err_pid%p.log"
+        jpype.startJVM(error_file, classpath=[str(jar)], convertStrings=True)
     easy_predict = jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper")
     try:
         mojo = jpype.JClass("hex.genmodel.MojoModel").load(str(path))
