@@ -20,7 +20,7 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
-from tests.conftest import Server, free_port, start_proxy, wait_healthy
+from tests.conftest import Server, free_port, start_proxy, start_sagehost, wait_healthy
 from tests.integration.fake_scorers import fraud_probability
 
 FAKE = Path(__file__).with_name("fake_scorers.py")
@@ -304,3 +304,18 @@ def test_an_upstream_query_is_kept_and_a_failing_hook_is_a_named_500(tmp_path: P
             hooked.stop()
     finally:
         plain.stop()
+
+
+def test_an_images_serve_runs_the_proxy_when_sagehost_upstream_is_set(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "SAGEHOST_UPSTREAM": f"http://127.0.0.1:{port}/invocations",
+        "SAGEHOST_UPSTREAM_CMD": fake("echo", port),
+        "SAGEHOST_UPSTREAM_HEALTH": "/health",
+    }
+    server = start_sagehost(["serve"], tmp_path, env)
+    try:
+        answer = server.client.post("/invocations", content=b"7", headers={"Content-Type": "text/csv"})
+        assert answer.json()["body"] == "7"
+    finally:
+        assert server.stop() == 0
