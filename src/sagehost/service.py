@@ -13,8 +13,8 @@ from typing import Protocol, TypeVar
 
 from sagehost import codecs
 from sagehost.config import Method, Settings
-from sagehost.errors import Overloaded, PredictionTimeout, UnsupportedMethod
-from sagehost.formats.arrays import unsupported
+from sagehost.errors import Overloaded, PredictionTimeout
+from sagehost.formats.arrays import require_method
 from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, ModelThread, Predictor, Rows, Shape
@@ -77,8 +77,7 @@ class RowService:
         accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
         spec = self._predictor.spec
         method = invocation.method or self._settings.default_method or spec.default_method
-        if method not in spec.methods:
-            raise UnsupportedMethod(unsupported(method, spec))
+        require_method(method, spec)  # before decoding: a wrong method costs no parsing
         if len(invocation.body) > _OFFLOAD_BYTES:
             rows, shape = await asyncio.to_thread(self.prepare, invocation)
         else:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from sagehost.config import Method, Settings
-from sagehost.errors import ModelLoadError, UnsupportedMethod
-from sagehost.formats.arrays import flat, unsupported
+from sagehost.errors import ModelLoadError
+from sagehost.formats.arrays import flat, require_method
 from sagehost.formats.extras import require, threads_per_worker
 from sagehost.formats.files import model_files
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
@@ -60,8 +60,7 @@ class CatBoostModel:
         return self._spec
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
-        if method not in self._spec.methods:
-            raise UnsupportedMethod(unsupported(method, self._spec))
+        require_method(method, self._spec)
         values = rows.values if isinstance(rows.values, np.ndarray) else np.asarray(rows.values, dtype=object)
         kind = _PREDICTION_TYPE.get(method, "Class" if self._classifier else "RawFormulaVal")
         out = self._model.predict(values, prediction_type=kind, thread_count=self._threads)

@@ -16,7 +16,7 @@ import numpy as np
 
 from sagehost.config import Method, Settings
 from sagehost.errors import ModelLoadError, UnsupportedMethod
-from sagehost.formats.arrays import unsupported
+from sagehost.formats.arrays import require_method
 from sagehost.formats.extras import require
 from sagehost.formats.files import model_files, zip_names
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
@@ -93,8 +93,7 @@ class MojoScorer:
         return self._spec
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
-        if method not in self._spec.methods:
-            raise UnsupportedMethod(unsupported(method, self._spec))
+        require_method(method, self._spec)
         values = rows.values.tolist() if isinstance(rows.values, np.ndarray) else rows.values
         answers = [self._predict_row(self._row(row)) for row in values]
         if method == "predict_proba":

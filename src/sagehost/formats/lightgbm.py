@@ -13,10 +13,13 @@ import numpy as np
 
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.arrays import Array, ArrayModel, two_columns
+from sagehost.formats.arrays import Array, gradient_boosted
 from sagehost.formats.extras import require, threads_per_worker
 from sagehost.formats.files import head, model_files
-from sagehost.predictor import Model, ModelSpec
+from sagehost.predictor import Model
+
+_BINARY = ("binary", "cross_entropy", "xentropy")
+_MULTICLASS = ("multiclass", "softmax", "multiclassova", "ova")
 
 
 def find(model_dir: Path) -> list[Path]:
@@ -44,25 +47,19 @@ def booster_model(booster: Any, description: str, threads: int) -> Model:
         out: Array = booster.predict(x, num_threads=threads)
         return out
 
-    methods = {"predict": predict}
-    classes: tuple[Any, ...] | None = None
-    if objective in ("binary", "cross_entropy", "xentropy"):
-        methods["predict_proba"] = lambda x: two_columns(predict(x))
-        classes = (0, 1)
-    elif objective in ("multiclass", "softmax", "multiclassova", "ova"):
-        methods["predict_proba"] = predict
-        classes = tuple(range(booster.num_model_per_iteration()))
-    spec = ModelSpec(
-        methods=frozenset(methods),
-        feature_names=names or None,
+    n_classes = None
+    if objective in _BINARY:
+        n_classes = 2
+    elif objective in _MULTICLASS:
+        n_classes = booster.num_model_per_iteration()
+    return gradient_boosted(
+        predict,
+        n_classes=n_classes,
+        names=names or None,
         n_features=n_features,
-        classes=classes,
-        sample=[[0.0] * n_features],
-        fork_safe=False,
-        steady_cost=True,
         description=f"{description}: LightGBM Booster ({objective})",
+        dtype=np.float64,
     )
-    return ArrayModel(spec, methods, np.float64)
 
 
 def is_booster(obj: Any) -> bool:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from sagehost.config import Method, Settings
-from sagehost.errors import ModelLoadError, UnsupportedMethod
+from sagehost.errors import ModelLoadError
 from sagehost.formats import pickles
-from sagehost.formats.arrays import flat, unsupported
+from sagehost.formats.arrays import flat, require_method
 from sagehost.formats.extras import require
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
@@ -55,6 +55,9 @@ def load(model_dir: Path, settings: Settings) -> Model:
 
 class MlflowModel:
     def __init__(self, pyfunc: Any, native: Any, description: str, is_fork_safe: bool) -> None:
+        import pandas  # MLflow's own dependency: a pyfunc takes a DataFrame per batch
+
+        self._pandas = pandas
         self._pyfunc = pyfunc
         self._native = native
         schema = pyfunc.metadata.get_input_schema()
@@ -83,11 +86,8 @@ class MlflowModel:
         return self._spec
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
-        if method not in self._spec.methods:
-            raise UnsupportedMethod(unsupported(method, self._spec))
-        import pandas as pd
-
-        frame = pd.DataFrame(rows.values, columns=list(self._names) if self._names else None)
+        require_method(method, self._spec)
+        frame = self._pandas.DataFrame(rows.values, columns=list(self._names) if self._names else None)
         if self._casts:
             frame = self._cast(frame)
         if method == "predict":

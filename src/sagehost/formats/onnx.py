@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from sagehost.config import Method, Settings
-from sagehost.errors import ModelLoadError, UnsupportedMethod
-from sagehost.formats.arrays import flat, unsupported
+from sagehost.errors import ModelLoadError
+from sagehost.formats.arrays import flat, require_method
 from sagehost.formats.extras import require, threads_per_worker
 from sagehost.formats.files import model_files
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
@@ -94,8 +94,7 @@ class OnnxModel:
         )
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
-        if method not in self._spec.methods:
-            raise UnsupportedMethod(unsupported(method, self._spec))
+        require_method(method, self._spec)
         wanted = self._label if method == "predict" else self._proba
         [out] = self._session.run([wanted], self._feed(rows))
         if method == "predict_proba" and isinstance(out, list):

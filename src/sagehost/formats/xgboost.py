@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from sagehost.config import Settings
-from sagehost.formats.arrays import Array, ArrayModel, two_columns
+from sagehost.formats.arrays import Array, gradient_boosted
 from sagehost.formats.extras import require, threads_per_worker
 from sagehost.formats.files import head, is_pickle, model_files
-from sagehost.predictor import Model, ModelSpec
+from sagehost.predictor import Model
 
 CONTAINER_FILE = "xgboost-model"  # what SageMaker's built-in XGBoost algorithm saves
 _BINARY = ("binary:logistic",)
@@ -59,25 +59,15 @@ def booster_model(booster: Any, description: str, threads: int) -> Model:
         out: Array = booster.inplace_predict(x)
         return out
 
-    methods = {"predict": predict}
-    classes: tuple[Any, ...] | None = None
-    if objective in _BINARY:
-        methods["predict_proba"] = lambda x: two_columns(predict(x))
-        classes = (0, 1)
-    elif objective in _MULTI_PROBA:
-        methods["predict_proba"] = predict
-        classes = tuple(range(_num_class(booster)))
-    spec = ModelSpec(
-        methods=frozenset(methods),
-        feature_names=names,
+    n_classes = 2 if objective in _BINARY else _num_class(booster) if objective in _MULTI_PROBA else None
+    return gradient_boosted(
+        predict,
+        n_classes=n_classes,
+        names=names,
         n_features=n_features,
-        classes=classes,
-        sample=[[0.0] * n_features],
-        fork_safe=False,
-        steady_cost=True,
         description=f"{description}: XGBoost Booster ({objective})",
+        dtype=np.float32,
     )
-    return ArrayModel(spec, methods, np.float32)
 
 
 def _num_class(booster: Any) -> int:

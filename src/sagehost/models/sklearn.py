@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from sagehost.config import METHODS, Method
-from sagehost.errors import ModelLoadError, UnsupportedMethod
-from sagehost.formats.arrays import unsupported
+from sagehost.errors import ModelLoadError
+from sagehost.formats.arrays import require_method
 from sagehost.models import fast
 from sagehost.predictor import ColumnKind, ModelSpec, Outputs, Rows
 
@@ -42,8 +42,7 @@ class EstimatorModel:
         return self._estimator
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
-        if method not in self._spec.methods:
-            raise UnsupportedMethod(unsupported(method, self._spec))
+        require_method(method, self._spec)
         values = rows.values
         if self._fast is not None and isinstance(values, np.ndarray):
             answer = self._fast.predict(values, method)
