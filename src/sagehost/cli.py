@@ -14,6 +14,8 @@ import click
 from sagehost import contract
 from sagehost.config import FLAVORS, METHODS, Settings, thread_limits
 from sagehost.errors import ConfigError
+from sagehost.image.engine import ENGINES
+from sagehost.image.plan import DEFAULT_BASE_IMAGE, DEFAULT_PLATFORM
 
 
 def _settings(**flags: Any) -> Settings:
@@ -146,6 +148,34 @@ def package(model_dir: Path, output: Path, flavor: str | None) -> None:
         click.echo(write(model_dir, output, _settings(flavor=flavor)))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("-t", "--tag", required=True, help="Image name, e.g. my-model:1.")
+@click.option("--base-image", default=DEFAULT_BASE_IMAGE, show_default=True, help="Must have python3 with venv.")
+@click.option("--builder", type=click.Choice(ENGINES), help="[docker if its daemon answers, else podman].")
+@click.option("--platform", "target_platform", default=DEFAULT_PLATFORM, show_default=True)
+@click.option("--extra", "extras", multiple=True, help="More sagehost extras (xgboost, onnx …); repeatable.")
+@click.option(
+    "--requirements", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="[code/requirements.txt]."
+)
+@click.option("--context", type=click.Path(path_type=Path), default=Path("sagehost-build"), show_default=True)
+@click.option("--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several.")
+@click.option("--dockerfile-only", is_flag=True, help="Write the context and Dockerfile; do not build.")
+def build(model_dir: Path | None, tag: str, target_platform: str, dockerfile_only: bool, **options: Any) -> None:
+    """Build an image SageMaker accepts; MODEL_DIR is baked in, else model.tar.gz comes at run time."""
+    from sagehost.errors import StartupError
+    from sagehost.image.build import BuildRequest, build as run
+
+    settings = _settings(flavor=options.pop("flavor"))
+    options["extras"] = tuple(options["extras"])
+    request = BuildRequest(tag, model_dir, platform=target_platform, render_only=dockerfile_only, **options)
+    try:
+        run(request, settings, lambda line: click.echo(line, err=True))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(tag)
 
 
 @main.command()
