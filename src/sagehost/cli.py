@@ -16,6 +16,7 @@ from sagehost.config import FLAVORS, METHODS, Settings, thread_limits
 from sagehost.errors import ConfigError
 from sagehost.image.engine import ENGINES
 from sagehost.image.plan import DEFAULT_BASE_IMAGE, DEFAULT_PLATFORM
+from sagehost.local.modes import MODES, STARTUP_DEADLINE_S
 
 
 def _settings(**flags: Any) -> Settings:
@@ -216,6 +217,68 @@ def verify(url: str, payloads: tuple[tuple[Path, str], ...]) -> None:
     checks = verify_url(url, list(payloads))
     click.echo(report(checks))
     sys.exit(0 if all(c.passed for c in checks) else 1)
+
+
+@main.group()
+def local() -> None:
+    """Run an image (or, with --no-container, `serve` itself) as SageMaker would, on this machine."""
+
+
+def _env_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    if bad := [p for p in pairs if "=" not in p]:
+        raise click.UsageError(f"-e takes KEY=VALUE, not {bad[0]!r}.")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def _run_local(run: Callable[[Any, Callable[[str], None]], int], request: Any) -> None:
+    from sagehost.errors import StartupError
+
+    _logging("INFO")
+    try:
+        sys.exit(run(request, lambda line: click.echo(line, err=True)))
+    except StartupError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@local.command("serve")
+@click.argument("image", required=False)
+@click.option("--model-data", type=click.Path(path_type=Path, exists=True), help="model.tar.gz or a model dir.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Where the local endpoint answers.")
+@click.option("--mode", type=click.Choice(MODES), default="realtime", show_default=True)
+@click.option("--no-container", is_flag=True, help="Run `sagehost serve` directly, with the same env and checks.")
+@click.option("--builder", type=click.Choice(ENGINES), help="[docker if its daemon answers, else podman].")
+@click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Container environment.")
+@click.option("--startup-timeout", type=float, default=STARTUP_DEADLINE_S, show_default=True, help="Seconds to 200.")
+@click.option("--max-payload-mb", type=click.IntRange(1, 100), default=6, show_default=True, help="Batch mode's.")
+@click.option("--batch-strategy", type=click.Choice(contract.BATCH_STRATEGIES), default="MULTI_RECORD")
+def local_serve(
+    image: str | None, no_container: bool, env_pairs: tuple[str, ...], startup_timeout: float, **options: Any
+) -> None:
+    """Serve IMAGE as an endpoint would: read-only model, SageMaker's env, limits and errors."""
+    from sagehost.local.run import ServeRequest, local_serve
+
+    if image is None and not no_container:
+        raise click.UsageError("Give an IMAGE, or --no-container to run `sagehost serve` directly.")
+    env = _env_pairs(env_pairs)
+    request = ServeRequest(None if no_container else image, env=env, startup_timeout_s=startup_timeout, **options)
+    _run_local(local_serve, request)
+
+
+@local.command("train")
+@click.argument("image", required=False)
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@click.option("--channel", default="training", show_default=True)
+@click.option("-H", "--hyperparameter", "hyper", multiple=True, metavar="KEY=VALUE")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.tar.gz"), show_default=True)
+@click.option("--no-container", is_flag=True, help="Run `sagehost train` directly over a local /opt/ml tree.")
+@click.option("--builder", type=click.Choice(ENGINES))
+def local_train(image: str | None, no_container: bool, hyper: tuple[str, ...], **options: Any) -> None:
+    """Run IMAGE's `train` over a local /opt/ml tree; write the model it leaves as model.tar.gz."""
+    from sagehost.local.run import TrainRequest, local_train
+
+    if image is None and not no_container:
+        raise click.UsageError("Give an IMAGE, or --no-container to run `sagehost train` directly.")
+    _run_local(local_train, TrainRequest(None if no_container else image, hyperparameters=_env_pairs(hyper), **options))
 
 
 def serve_entry() -> None:

@@ -1,0 +1,1 @@
+"""Local runs that behave as SageMaker does: `sagehost local serve` and `sagehost local train`."""

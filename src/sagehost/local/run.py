@@ -1,0 +1,206 @@
+"""`sagehost local serve` and `sagehost local train`: the classic recipe's local-test kit
+(serve-local, train-local, a test dir mimicking /opt/ml) as two commands that behave as SageMaker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sagehost.config import Settings
+from sagehost.errors import StartupError
+from sagehost.image.engine import find_engine
+from sagehost.local.gateway import Gateway
+from sagehost.local.launch import (
+    HealthCheckFailed,
+    Launched,
+    free_port,
+    launch_container,
+    launch_process,
+    ping,
+    wait_healthy as wait_for_ping,
+)
+from sagehost.local.modes import STARTUP_DEADLINE_S, Mode, Run, sagemaker_run
+
+Say = Callable[[str], None]
+_HEALTH_EVERY_S = 5.0  # SageMaker keeps pinging a container in service
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    image: str | None  # None: --no-container
+    model_data: Path | None = None
+    port: int = 8080
+    mode: Mode = "realtime"
+    builder: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = STARTUP_DEADLINE_S
+    max_payload_mb: int = 6
+    batch_strategy: str = "MULTI_RECORD"
+
+
+def local_serve(request: ServeRequest, say: Say) -> int:
+    run = sagemaker_run(request.mode, max_payload_mb=request.max_payload_mb, batch_strategy=request.batch_strategy)
+    with model_folder(request.model_data, say) as model_dir:
+        launched = _launch(request, run, model_dir)
+        try:
+            ready_in = wait_for_ping(launched, request.startup_timeout_s)
+        except HealthCheckFailed as exc:
+            launched.stop()
+            say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
+            return 1
+        gateway = Gateway(request.port, launched.url, run.limits)
+        gateway.start()
+        say(
+            f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: "
+            f"sagehost invoke --url http://127.0.0.1:{request.port} FILE --content-type text/csv   (Ctrl-C stops it)"
+        )
+        try:
+            exited_alone = _serve_until_stopped(launched, say)
+        finally:
+            gateway.shutdown()
+            gateway.server_close()
+        seconds, code = launched.stop()
+    if exited_alone:
+        say(f"The {launched.label} exited on its own (code {code}): SageMaker would replace the instance.")
+        return 1
+    say(f"Stopped after SIGTERM in {seconds:.1f} s, exit code {code}.")
+    return 0 if seconds < 30 else 1
+
+
+def _launch(request: ServeRequest, run: Run, model_dir: Path | None) -> Launched:
+    internal = free_port()
+    if request.image is None:
+        if model_dir is None:
+            raise StartupError("--no-container needs --model-data (a model.tar.gz or a model directory).")
+        return launch_process(run, model_dir, internal, request.env)
+    return launch_container(
+        find_engine(request.builder), request.image, run, model_dir, internal, extra_env=request.env
+    )
+
+
+def _serve_until_stopped(launched: Launched, say: Say) -> bool:
+    """Until SIGINT/SIGTERM (False) or the server's own exit (True), pinging it as SageMaker does."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(_HEALTH_EVERY_S):
+            if launched.process.poll() is not None:
+                return True
+            status = ping(launched.url)
+            if status != 200:
+                say(f"Health check failed (HTTP {status or 'timeout'}): SageMaker would take this instance out.")
+        return False
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def model_folder(model_data: Path | None, say: Say) -> Iterator[Path | None]:
+    """The folder SageMaker would mount at /opt/ml/model: model.tar.gz unpacked, or the folder given."""
+    if model_data is None:
+        yield None
+        return
+    if model_data.is_dir():
+        _warn_unservable(model_data, say)
+        yield model_data
+        return
+    if not tarfile.is_tarfile(model_data):
+        raise StartupError(f"{model_data} is neither a directory nor a model.tar.gz.")
+    unpacked = Path(tempfile.mkdtemp(prefix="sagehost-model-"))
+    try:
+        with tarfile.open(model_data) as tar:
+            tar.extractall(unpacked, filter="data")
+        unpacked.chmod(0o755)  # mkdtemp's 0700 would hide it from a container's non-root user
+        _warn_unservable(unpacked, say)
+        yield unpacked
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def _warn_unservable(model_dir: Path, say: Say) -> None:
+    from sagehost.package import describe
+
+    try:
+        say(f"/opt/ml/model holds {describe(model_dir, Settings())}")
+    except StartupError as exc:
+        say(f"Warning: a sagehost image would not find a model here: {exc}")
+
+
+# ---- train ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    image: str | None  # None: --no-container
+    data: Path
+    output: Path = Path("model.tar.gz")
+    channel: str = "training"
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    builder: str | None = None
+
+
+def local_train(request: TrainRequest, say: Say) -> int:
+    """`IMAGE train` over a local /opt/ml tree; the model it leaves, as SageMaker's model.tar.gz."""
+    with tempfile.TemporaryDirectory(prefix="sagehost-train-") as tmp:
+        base = Path(tmp)
+        _training_tree(base, request)
+        code = _run_training(base, request)
+        failure = base / "output" / "failure"
+        if code != 0:
+            reason = failure.read_text() if failure.is_file() else "(no /opt/ml/output/failure written)"
+            say(f"Training failed (exit {code}); FailureReason: {reason}")
+            return code or 1
+        request.output.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(request.output, "w:gz") as tar:
+            for path in sorted((base / "model").rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(base / "model")), recursive=False)
+    say(f"Training completed: {request.output} (serve it: sagehost local serve IMAGE --model-data {request.output})")
+    return 0
+
+
+def _training_tree(base: Path, request: TrainRequest) -> None:
+    """/opt/ml/input/config/*.json as SageMaker writes them (hyperparameter values are strings)."""
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    for sub in ("model", "output"):
+        (base / sub).mkdir()
+        (base / sub).chmod(0o777)  # the image's user, root or not, writes here
+    hyper = {k: str(v) for k, v in request.hyperparameters.items()}
+    channels = {request.channel: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}}
+    resources = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
+    for name, content in (("hyperparameters", hyper), ("inputdataconfig", channels), ("resourceconfig", resources)):
+        (config / f"{name}.json").write_text(json.dumps(content))
+
+
+def _run_training(base: Path, request: TrainRequest) -> int:
+    job = f"local-{secrets.token_hex(4)}"
+    if request.image is None:
+        data = base / "input" / "data" / request.channel
+        shutil.copytree(request.data, data)
+        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "TRAINING_JOB_NAME": job}
+        return subprocess.run([sys.executable, "-m", "sagehost", "train"], env=env, check=False).returncode
+    engine = find_engine(request.builder)
+    mounts = [
+        f"{request.data.resolve()}:/opt/ml/input/data/{request.channel}:ro",
+        f"{base / 'input' / 'config'}:/opt/ml/input/config:ro",
+        f"{base / 'model'}:/opt/ml/model",
+        f"{base / 'output'}:/opt/ml/output",
+    ]
+    args = ["run", "--rm", "--name", f"sagehost-{job}", "--network", "bridge", "-e", f"TRAINING_JOB_NAME={job}"]
+    for mount in mounts:
+        args += ["-v", mount]
+    return subprocess.run(engine.command(*args, request.image, "train"), check=False).returncode
