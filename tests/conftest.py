@@ -194,3 +194,50 @@ def categorical_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     joblib.dump(make_pipeline(pre, LogisticRegression(max_iter=1000)).fit(frame, target), out / "model.joblib")
     return out
+
+
+# ---- `sagehost local serve` -------------------------------------------------------------
+
+
+@dataclass
+class LocalEndpoint:
+    """A `sagehost local serve` process and the runtime stand-in it answers on."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def start_local(args: list[str], tmp: Path, timeout: float = 120) -> LocalEndpoint:
+    """`sagehost local serve ARGS` on a free port; returns once it says Ready (or has exited)."""
+    port = free_port()
+    log_path = tmp / f"local-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SAGEHOST_", "SM_"))}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [SAGEHOST, "local", "serve", *args, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    endpoint = LocalEndpoint(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout
+    while "Ready in" not in endpoint.log and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return endpoint
+
+
+@contextmanager
+def local_endpoint(args: list[str], tmp: Path) -> Iterator[LocalEndpoint]:
+    endpoint = start_local(args, tmp)
+    try:
+        assert "Ready in" in endpoint.log, endpoint.log
+        yield endpoint
+    finally:
+        endpoint.stop()

@@ -201,7 +201,7 @@ def invoke(payload: Path, url: str, content_type: str, accept: str | None, custo
 
 
 @main.command()
-@click.argument("url")
+@click.argument("target", metavar="URL|IMAGE")
 @click.option(
     "--payload",
     "payloads",
@@ -210,11 +210,22 @@ def invoke(payload: Path, url: str, content_type: str, accept: str | None, custo
     metavar="FILE CONTENT_TYPE",
     help="A valid request and its Content-Type; repeat for each type you support.",
 )
-def verify(url: str, payloads: tuple[tuple[Path, str], ...]) -> None:
-    """Check a running server against SageMaker's hosting contract; exit 1 on any failure."""
+@click.option("--model-data", type=click.Path(path_type=Path, exists=True), help="IMAGE: model.tar.gz or dir.")
+@click.option("--builder", type=click.Choice(ENGINES), help="IMAGE: the container engine.")
+def verify(target: str, payloads: tuple[tuple[Path, str], ...], model_data: Path | None, builder: str | None) -> None:
+    """Check a running server (URL) or an image against SageMaker's hosting contract; exit 1 on failure."""
+    from sagehost.errors import StartupError
     from sagehost.verify import report, verify_url
 
-    checks = verify_url(url, list(payloads))
+    if target.startswith(("http://", "https://")):
+        checks = verify_url(target, list(payloads))
+    else:
+        from sagehost.verify_image import verify_image
+
+        try:
+            checks = verify_image(target, list(payloads), model_data, builder)
+        except StartupError as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(report(checks))
     sys.exit(0 if all(c.passed for c in checks) else 1)
 

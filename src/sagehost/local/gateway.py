@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import re
 import sys
 import threading
@@ -21,11 +20,11 @@ from urllib.parse import urlsplit
 
 from sagehost.local.modes import Limits
 
-log = logging.getLogger("sagehost.local")
-
 _INVOKE_PATH = re.compile(r"^/(?:endpoints/[^/]+/)?invocations$")
 _PASSED_UP = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes", "x-amzn-sagemaker-inference-id")
 _CONTAINER = "primary"  # the name SageMaker gives a single-container endpoint's container
+# GET paths SageMaker calls, with its timeouts: /ping's 2 s; Batch Transform's /execution-parameters.
+_PLATFORM_GETS = {"/ping": 2.0, "/execution-parameters": 10.0}
 
 
 class Gateway(ThreadingHTTPServer):
@@ -51,8 +50,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the container's own log says what happened."""
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] == "/ping":
-            self._relay("GET", "/ping", b"", 2.0)
+        path = self.path.split("?")[0]
+        if path in _PLATFORM_GETS:  # what SageMaker itself asks the container, passed through for a look
+            self._relay("GET", path, b"", _PLATFORM_GETS[path])
         else:
             self._answer(404, {"message": f"No route {self.path}: use POST /invocations."})
 

@@ -46,6 +46,8 @@ class Launched:
     container: str | None = None
     engine: Engine | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    read_only_errors: list[str] = field(default_factory=list)
+    """Lines that show a write refused by the read-only root: each is a path the image must not write."""
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(list(self.tail)[-lines:])
@@ -132,6 +134,8 @@ def _relay(launched: Launched) -> None:
     for raw in launched.process.stdout:
         line = raw.decode("utf-8", errors="replace").rstrip()
         launched.tail.append(line)
+        if "Read-only file system" in line:
+            launched.read_only_errors.append(line)
         print(f"[{launched.label}] {line}", file=sys.stderr, flush=True)
 
 
