@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -164,6 +165,19 @@ def logistic_dir(
 
         pickle.dump(LogisticRegression(max_iter=1000).fit(x, y), f)
     return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray[Any, Any]]:
+    """A LogisticRegression saved by MLflow itself, and ten rows for it."""
+    import mlflow.sklearn
+
+    x, y = make_classification(n_samples=300, n_features=4, random_state=2)
+    out = tmp_path_factory.mktemp("mlflow") / "model"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.sklearn.save_model(LogisticRegression().fit(x, y), str(out), serialization_format="cloudpickle")
+    return out, x[:10]
 
 
 def adult_like_frame() -> tuple[pd.DataFrame, pd.Series[Any]]:

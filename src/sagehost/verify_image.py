@@ -50,8 +50,9 @@ def _run_checks(
     launched = launch_container(engine, image, run, model_dir, free_port())
     checks: list[Check] = []
     try:
-        checks.append(_starts(launched, run.env, startup_timeout_s, payloads))
-        if checks[-1].passed:
+        started, answering = _starts(launched, run.env, startup_timeout_s, payloads)
+        checks.append(started)
+        if answering:
             checks += verify_url(launched.url, payloads)
     finally:
         seconds, code = launched.stop()
@@ -60,7 +61,10 @@ def _run_checks(
     return checks
 
 
-def _starts(launched: Launched, env: dict[str, str], deadline_s: float, payloads: list[tuple[Path, str]]) -> Check:
+def _starts(
+    launched: Launched, env: dict[str, str], deadline_s: float, payloads: list[tuple[Path, str]]
+) -> tuple[Check, bool]:
+    """The check, and whether /ping answers 200 (so the contract checks can run)."""
     where = f"on SAGEMAKER_BIND_TO_PORT={env['SAGEMAKER_BIND_TO_PORT']}" if env else "on 8080"
     name = f"Starts with a read-only root and model, and /ping turns 200 {where}"
     try:
@@ -72,19 +76,20 @@ def _starts(launched: Launched, env: dict[str, str], deadline_s: float, payloads
             if env
             else "The log lines above say why."
         )
-        return Check(name, False, f"{exc}\n{launched.log_tail()}", fix)
+        return Check(name, False, f"{exc}\n{launched.log_tail()}", fix), False
     if payloads:  # /ping's first 200 promises that the model answers: hold it to that at once
         path, content_type = payloads[0]
         answer = call("POST", launched.url + "/invocations", path.read_bytes(), {"Content-Type": content_type})
         if not 200 <= answer.status < 300:
-            return Check(
+            early = Check(
                 name,
                 False,
                 f"/ping said 200 but the first invocation got HTTP {answer.status}",
                 "Answer /ping with 503 until the model is loaded and has answered one warm-up call: SageMaker "
                 "sends traffic as soon as /ping says 200.",
             )
-    return Check(name, True, f"200 after {seconds:.1f} s")
+            return early, True
+    return Check(name, True, f"200 after {seconds:.1f} s"), True
 
 
 def _read_only(launched: Launched) -> Check:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from sklearn.datasets import make_classification
-from sklearn.linear_model import LogisticRegression
 
 from tests.conftest import Server, free_port, start_proxy, start_sagehost, wait_healthy
 from tests.integration.fake_scorers import fraud_probability
@@ -234,18 +231,6 @@ def test_request_and_response_hooks_translate_any_other_api(tmp_path: Path) -> N
 
 
 # ---- a real third-party upstream: MLflow's scoring server ------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mlflow_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray[Any, Any]]:
-    import mlflow.sklearn
-
-    x, y = make_classification(n_samples=300, n_features=4, random_state=2)
-    out = tmp_path_factory.mktemp("mlflow") / "model"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mlflow.sklearn.save_model(LogisticRegression().fit(x, y), str(out), serialization_format="cloudpickle")
-    return out, x[:10]
 
 
 @pytest.mark.slow
