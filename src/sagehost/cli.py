@@ -262,6 +262,7 @@ def _run_local(run: Callable[[Any, Callable[[str], None]], int], request: Any) -
 @click.option("--startup-timeout", type=float, default=STARTUP_DEADLINE_S, show_default=True, help="Seconds to 200.")
 @click.option("--max-payload-mb", type=click.IntRange(1, 100), default=6, show_default=True, help="Batch mode's.")
 @click.option("--batch-strategy", type=click.Choice(contract.BATCH_STRATEGIES), default="MULTI_RECORD")
+@click.option("--invocation-timeout", "invocation_timeout_s", type=float, help="Seconds [60; batch 600].")
 def local_serve(
     image: str | None, no_container: bool, env_pairs: tuple[str, ...], startup_timeout: float, **options: Any
 ) -> None:

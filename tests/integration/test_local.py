@@ -124,3 +124,23 @@ def test_local_train_reports_the_failure_reason(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "FailureReason:" in done.stderr
     assert not (tmp_path / "m.tgz").exists()
+
+
+def test_an_invocation_over_the_timeout_is_a_model_error_with_status_0(tmp_path: Path) -> None:
+    code = tmp_path / "model" / "code"
+    code.mkdir(parents=True)
+    (code / "inference.py").write_text(
+        "import time\n"
+        "def model_fn(model_dir):\n    return None\n"
+        "def predict_fn(data, model):\n    time.sleep(3)\n    return [1]\n"
+    )
+    args = ["--no-container", "--model-data", str(tmp_path / "model"), "--invocation-timeout", "1"]
+    with local_endpoint(args, tmp_path) as endpoint:
+        answer = httpx.post(
+            endpoint.url + "/invocations", content="1", headers={"Content-Type": "text/csv"}, timeout=30
+        )
+        assert answer.status_code == 424
+        error = answer.json()
+        assert error["OriginalStatusCode"] == 0
+        assert "Received server error (0) from primary" in error["Message"]
+        assert "timed out while waiting for a response from container primary" in error["Message"]

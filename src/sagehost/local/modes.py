@@ -46,7 +46,17 @@ def sagemaker_run(
     max_payload_mb: int = contract.DEFAULT_MAX_PAYLOAD_MB,
     batch_strategy: str = "MULTI_RECORD",
     max_concurrent_transforms: int = 1,
+    timeout_s: float | None = None,
 ) -> Run:
+    """`timeout_s` overrides the invocation timeout (Batch Transform's is configurable; for a
+    real-time endpoint, 60 s is fixed, and a shorter one only makes a test quicker)."""
+    run = _run(mode, max_payload_mb, batch_strategy, max_concurrent_transforms)
+    if timeout_s is None:
+        return run
+    return Run(run.mode, run.env, run.container_port, Limits(run.limits.payload_bytes, timeout_s))
+
+
+def _run(mode: Mode, max_payload_mb: int, batch_strategy: str, max_concurrent_transforms: int) -> Run:
     if mode == "batch":
         env = {
             "SAGEMAKER_BATCH": "true",

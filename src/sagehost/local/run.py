@@ -49,10 +49,16 @@ class ServeRequest:
     startup_timeout_s: float = STARTUP_DEADLINE_S
     max_payload_mb: int = 6
     batch_strategy: str = "MULTI_RECORD"
+    invocation_timeout_s: float | None = None
 
 
 def local_serve(request: ServeRequest, say: Say) -> int:
-    run = sagemaker_run(request.mode, max_payload_mb=request.max_payload_mb, batch_strategy=request.batch_strategy)
+    run = sagemaker_run(
+        request.mode,
+        max_payload_mb=request.max_payload_mb,
+        batch_strategy=request.batch_strategy,
+        timeout_s=request.invocation_timeout_s,
+    )
     with model_folder(request.model_data, say) as model_dir:
         launched = _launch(request, run, model_dir)
         try:
