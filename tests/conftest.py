@@ -53,6 +53,12 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def exited(self, timeout: float = 60) -> int:
+        """The exit code of a server expected to stop by itself (startup failures); slow starts
+        on a busy machine take seconds to get there."""
+        self.client.close()
+        return self.process.wait(timeout=timeout)
+
     def stop(self) -> int:
         """SIGTERM unless it already exited (or is exiting); the exit code."""
         self.client.close()

@@ -26,7 +26,7 @@ def test_an_ambiguous_directory_lists_what_it_found_and_flavor_decides(tmp_path:
     x, y = data()
     joblib.dump(LogisticRegression().fit(x, y), model_dir / "model.joblib")
     server = start_server(model_dir, tmp_path, wait=False)
-    assert server.stop() == 1
+    assert server.exited() == 1
     assert "onnx: model.onnx" in server.log and "sklearn: model.joblib" in server.log
     assert "SAGEHOST_FLAVOR" in server.log
     with running(model_dir, tmp_path, {"SAGEHOST_FLAVOR": "onnx"}) as chosen:
@@ -39,7 +39,7 @@ def test_an_unknown_flavor_is_named(tmp_path: Path) -> None:
     model_dir.mkdir()
     xgboost_json(model_dir)
     server = start_server(model_dir, tmp_path, {"SAGEHOST_FLAVOR": "tensorflow"}, wait=False)
-    assert server.stop() == 1
+    assert server.exited() == 1
     assert "Unknown flavor 'tensorflow'" in server.log and "xgboost" in server.log
 
 

@@ -106,6 +106,6 @@ def test_a_mojo_without_its_genmodel_jar_says_how_to_get_one(
     for zip_file in mojo[0].glob("*.zip"):
         (lonely / zip_file.name).write_bytes(zip_file.read_bytes())
     server = start_server(lonely, tmp_path, wait=False)
-    assert server.stop() == 1
+    assert server.exited() == 1
     assert "h2o-genmodel.jar" in server.log
     assert "get_genmodel_jar=True" in server.log

@@ -4,8 +4,10 @@ server (a real third-party server), and SCR- and H2O-shaped servers written from
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -304,3 +306,55 @@ def test_an_images_serve_runs_the_proxy_when_sagehost_upstream_is_set(tmp_path: 
         assert answer.json()["body"] == "7"
     finally:
         assert server.stop() == 0
+
+
+def _exchange(url: str, raw: bytes, answers: int = 1) -> list[bytes]:
+    """Send raw bytes on one connection; the raw answers, split at each head."""
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw)
+        while received.count(b"HTTP/1.1 ") - received.count(b"HTTP/1.1 100 ") < answers or not _complete(received):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    return [b"HTTP/1.1 " + part for part in received.split(b"HTTP/1.1 ")[1:]]
+
+
+def _complete(received: bytes) -> bool:
+    head, _, body = received.rpartition(b"HTTP/1.1 ")[2].partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+    )
+    return len(body) >= length
+
+
+def test_the_proxys_http_server_speaks_http_1_1(echo: tuple[Server, int]) -> None:
+    """The proxy's workers run sagehost.wire, not uvicorn: pipelining, chunked bodies, 100-continue,
+    HTTP/1.0 keep-alive, malformed requests and oversized bodies, on raw sockets."""
+    server, _ = echo
+    post = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: %d\r\n\r\n%s"
+    pipelined = _exchange(server.url, post % (3, b"1,2") + post % (3, b"3,4"), answers=2)
+    assert [json.loads(a.partition(b"\r\n\r\n")[2])["body"] for a in pipelined] == ["1,2", "3,4"]  # in order
+
+    chunked = (
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n1,2\r\n2\r\n,3\r\n0\r\n\r\n"
+    )
+    assert json.loads(_exchange(server.url, chunked)[0].partition(b"\r\n\r\n")[2])["body"] == "1,2,3"
+
+    expect = b"POST /invocations HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n7"
+    continued = _exchange(server.url, expect)
+    assert continued[0].startswith(b"HTTP/1.1 100 Continue") and continued[1].startswith(b"HTTP/1.1 200 OK")
+
+    old = b"GET /ping HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    both = _exchange(server.url, old + old, answers=2)
+    assert len(both) == 2 and all(b"connection: keep-alive" in a for a in both)
+
+    bad = _exchange(server.url, b"NONSENSE\r\n\r\n")
+    assert bad[0].startswith(b"HTTP/1.1 400") and b"bad_request" in bad[0]
+
+    huge = server.client.post("/invocations", content=b"1" * (7 * 1024 * 1024))
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+    assert server.client.get("/nope").status_code == 404
+    assert server.client.get("/invocations").status_code == 405

@@ -280,7 +280,7 @@ def test_unloadable_model_exits_with_one_paragraph(tmp_path: Path) -> None:
     empty.mkdir()
     (empty / "notes.txt").write_text("hello")
     server = start_server(empty, tmp_path, wait=False)
-    assert server.stop() == 1
+    assert server.exited() == 1
     log = server.log
     assert "Found: notes.txt" in log
     assert "Expected one of:" in log and "*.joblib" in log and "*.onnx" in log

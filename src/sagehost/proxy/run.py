@@ -14,8 +14,9 @@ from sagehost.proxy import adapters, keeper
 from sagehost.proxy.client import Client, Origin
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.proxy.service import ProxyService
-from sagehost.server import bind, report_startup_failure, run_app
+from sagehost.server import bind, report_startup_failure
 from sagehost.service import Service
+from sagehost.wire import run_wire
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
 
@@ -36,7 +37,7 @@ def proxy(settings: Settings) -> int:
         return ProxyService(settings, client, health, adapter, hooks)
 
     def work(ready_fd: int) -> int:
-        return run_app(sock, settings, load_service)
+        return run_wire(sock, settings, load_service)
 
     sidecar: Callable[[], int] | None = None
     if settings.upstream_cmd:
