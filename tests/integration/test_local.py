@@ -3,6 +3,7 @@ around the same `serve` process an image runs (the container runs are in test_co
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -144,3 +145,20 @@ def test_an_invocation_over_the_timeout_is_a_model_error_with_status_0(tmp_path:
         assert error["OriginalStatusCode"] == 0
         assert "Received server error (0) from primary" in error["Message"]
         assert "timed out while waiting for a response from container primary" in error["Message"]
+
+
+def test_a_taken_port_is_refused_before_anything_starts(iris_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [SAGEHOST, "local", "serve", "--no-container", "--model-data", str(iris_dir), "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert "[serve]" not in done.stderr  # nothing was started

@@ -18,6 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from sagehost.errors import StartupError
 from sagehost.local.modes import Limits
 
 _INVOKE_PATH = re.compile(r"^/(?:endpoints/[^/]+/)?invocations$")
@@ -30,11 +31,17 @@ _PLATFORM_GETS = {"/ping": 2.0, "/execution-parameters": 10.0}
 class Gateway(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, container_url: str, limits: Limits) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
+    def __init__(self, port: int, limits: Limits) -> None:
+        try:
+            super().__init__(("127.0.0.1", port), _Handler)
+        except OSError as exc:
+            raise StartupError(f"Cannot listen on 127.0.0.1:{port} ({exc.strerror}): pick another --port.") from None
+        self.container = ("127.0.0.1", 8080)
+        self.limits = limits
+
+    def point_at(self, container_url: str) -> None:
         parts = urlsplit(container_url)
         self.container = (parts.hostname or "127.0.0.1", parts.port or 8080)
-        self.limits = limits
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, daemon=True)

@@ -59,26 +59,29 @@ def local_serve(request: ServeRequest, say: Say) -> int:
         batch_strategy=request.batch_strategy,
         timeout_s=request.invocation_timeout_s,
     )
-    with model_folder(request.model_data, say) as model_dir:
-        launched = _launch(request, run, model_dir)
-        try:
-            ready_in = wait_for_ping(launched, request.startup_timeout_s)
-        except HealthCheckFailed as exc:
-            launched.stop()
-            say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
-            return 1
-        gateway = Gateway(request.port, launched.url, run.limits)
-        gateway.start()
-        say(
-            f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: "
-            f"sagehost invoke --url http://127.0.0.1:{request.port} FILE --content-type text/csv   (Ctrl-C stops it)"
-        )
-        try:
-            exited_alone = _serve_until_stopped(launched, say)
-        finally:
-            gateway.shutdown()
-            gateway.server_close()
-        seconds, code = launched.stop()
+    gateway = Gateway(request.port, run.limits)  # bound first: a taken port fails before anything starts
+    try:
+        with model_folder(request.model_data, say) as model_dir:
+            launched = _launch(request, run, model_dir)
+            try:
+                ready_in = wait_for_ping(launched, request.startup_timeout_s)
+            except HealthCheckFailed as exc:
+                launched.stop()
+                say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
+                return 1
+            gateway.point_at(launched.url)
+            gateway.start()
+            say(
+                f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: sagehost invoke --url "
+                f"http://127.0.0.1:{gateway.server_address[1]} FILE --content-type text/csv   (Ctrl-C stops it)"
+            )
+            try:
+                exited_alone = _serve_until_stopped(launched, say)
+            finally:
+                gateway.shutdown()
+            seconds, code = launched.stop()
+    finally:
+        gateway.server_close()
     if exited_alone:
         say(f"The {launched.label} exited on its own (code {code}): SageMaker would replace the instance.")
         return 1
