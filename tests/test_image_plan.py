@@ -67,3 +67,17 @@ def test_a_folder_without_a_model_is_refused_before_any_build(tmp_path: Path) ->
         plan_image(tmp_path, Settings())
     with pytest.raises(StartupError, match="Unknown extra"):
         plan_image(None, Settings(), extras=("tensorflow",))
+
+
+def test_a_context_folder_that_is_not_ours_is_never_deleted(tmp_path: Path) -> None:
+    precious = tmp_path / "work"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    plan = plan_image(None, Settings())
+    with pytest.raises(StartupError, match="not a context sagehost wrote"):
+        write_context(plan, precious)
+    assert (precious / "notes.txt").read_text() == "mine"
+    context = tmp_path / "context"
+    write_context(plan, context)
+    write_context(plan, context)  # its own context is replaced on every build
+    assert (context / "Dockerfile").is_file()

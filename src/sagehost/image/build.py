@@ -66,9 +66,14 @@ def build(request: BuildRequest, settings: Settings, say: Say) -> Built:
 
 def write_context(plan: ImagePlan, context: Path) -> Path:
     """A fresh build context holding the Dockerfile, the model and the requirements."""
-    if context.exists():
+    if context.exists() and any(context.iterdir()):
+        if not _ours(context):
+            raise EngineError(
+                f"{context} is not empty and is not a context sagehost wrote: give --context a new or empty "
+                "folder (it is replaced on every build)."
+            )
         shutil.rmtree(context)
-    context.mkdir(parents=True)
+    context.mkdir(parents=True, exist_ok=True)
     if plan.model_dir is not None:
         shutil.copytree(plan.model_dir, context / dockerfile.MODEL_IN_CONTEXT, ignore=_IGNORED)
     if plan.requirements is not None:
@@ -76,6 +81,11 @@ def write_context(plan: ImagePlan, context: Path) -> Path:
     recipe = context / "Dockerfile"
     recipe.write_text(dockerfile.render(plan))
     return recipe
+
+
+def _ours(context: Path) -> bool:
+    recipe = context / "Dockerfile"
+    return recipe.is_file() and recipe.read_text(errors="replace").startswith(dockerfile.SIGNATURE)
 
 
 def probe(engine: Engine, base_image: str, target_platform: str) -> wheelhouse.Target:

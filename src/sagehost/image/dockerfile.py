@@ -22,11 +22,12 @@ VENV = "/opt/venv"
 WHEELHOUSE = "wheelhouse"
 MODEL_IN_CONTEXT = "model"
 REQUIREMENTS_IN_CONTEXT = "requirements.txt"
+SIGNATURE = "# Rendered by sagehost"  # marks a context `sagehost build` may replace
 
 
 def render(plan: ImagePlan) -> str:
     lines = [
-        f"# Rendered by sagehost {version('sagehost')} (`sagehost build`): it serves {plan.serves}.",
+        f"{SIGNATURE} {version('sagehost')} (`sagehost build`): it serves {plan.serves}.",
         "# Rebuild with: podman build (or docker build) --platform linux/amd64 -t TAG <this directory>",
         f"ARG BASE_IMAGE={DEFAULT_BASE_IMAGE}",
         "",

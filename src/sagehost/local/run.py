@@ -164,7 +164,8 @@ class TrainRequest:
 
 def local_train(request: TrainRequest, say: Say) -> int:
     """`IMAGE train` over a local /opt/ml tree; the model it leaves, as SageMaker's model.tar.gz."""
-    with tempfile.TemporaryDirectory(prefix="sagehost-train-") as tmp:
+    # The container may write as root: files a non-root host user cannot remove are left to the OS.
+    with tempfile.TemporaryDirectory(prefix="sagehost-train-", ignore_cleanup_errors=True) as tmp:
         base = Path(tmp)
         _training_tree(base, request)
         code = _run_training(base, request)
