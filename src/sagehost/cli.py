@@ -225,7 +225,9 @@ def verify(target: str, payloads: tuple[tuple[Path, str], ...], model_data: Path
         try:
             checks = verify_image(target, list(payloads), model_data, builder)
         except StartupError as exc:
-            raise click.ClickException(str(exc)) from None
+            port_like = target.rsplit(":", maxsplit=1)[-1].isdigit()
+            hint = f" To check a running server, give its URL: http://{target}" if port_like else ""
+            raise click.ClickException(str(exc) + hint) from None
     click.echo(report(checks))
     sys.exit(0 if all(c.passed for c in checks) else 1)
 
