@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sagehost import contract
 
-PING_TIMEOUT_S = 2.0  # SageMaker's health check timeout
+PING_TIMEOUT_S = contract.PING_TIMEOUT_S  # SageMaker's health check timeout
 
 
 @dataclass(frozen=True)

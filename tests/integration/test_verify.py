@@ -45,6 +45,18 @@ def test_sagehost_passes_every_check(ours: Server, payloads: list[tuple[Path, st
     assert "PASS  A body over 6 MB is refused with a 4xx: HTTP 413" in done.stdout
 
 
+def wait_for_ping(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until a peer's /ping says 200; verify itself reports whatever state it is left in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url + "/ping").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def classic(iris_dir: Path, tmp_path: Path) -> Iterator[str]:
     """AWS's scikit_bring_your_own Flask app under gunicorn, as users run it (bench/classic_recipe.py)."""
@@ -58,13 +70,7 @@ def classic(iris_dir: Path, tmp_path: Path) -> Iterator[str]:
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_for_ping(url, process, timeout=30)
         yield url
     finally:
         process.terminate()
@@ -99,13 +105,7 @@ def mlflow_server(mlflow_model: tuple[Path, Any], tmp_path: Path) -> Iterator[st
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if httpx.get(url + "/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_for_ping(url, process, timeout=90)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)

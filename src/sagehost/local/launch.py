@@ -16,8 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from sagehost import contract
 from sagehost.errors import StartupError
 from sagehost.image.engine import Engine
 from sagehost.local.modes import Run
+from sagehost.verify import call
 
 STOP_GRACE_S = 30  # SageMaker sends SIGKILL 30 s after SIGTERM
 _POLL_S = 0.5
@@ -142,10 +141,7 @@ def _relay(launched: Launched) -> None:
 def ping(url: str) -> int | None:
     """/ping's status within SageMaker's 2 s, or None when nothing answered in time."""
     try:
-        with urllib.request.urlopen(url + "/ping", timeout=contract.PING_TIMEOUT_S) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        return error.code
+        return call("GET", url + "/ping", timeout=contract.PING_TIMEOUT_S).status
     except (OSError, TimeoutError):
         return None
 
