@@ -8,6 +8,7 @@ Routes: GET /ping, POST /invocations, GET /execution-parameters, GET /predict_pa
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -29,13 +30,14 @@ from sagehost.errors import (
     PayloadTooLarge,
     SagehostError,
 )
-from sagehost.service import Invocation, Service
+from sagehost.service import Invocation, Relaying, Reply, Service
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ServiceFactory = Callable[[], Awaitable[Service]]
+Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], None]
 
 log = logging.getLogger("sagehost.app")
 
@@ -49,6 +51,7 @@ class App:
     def __init__(self, settings: Settings, load_service: ServiceFactory) -> None:
         self.settings = settings
         self.service: Service | None = None
+        self._relay: Relaying | None = None
         self.failed = False
         self._load_service = load_service
         self._ids = itertools.count(1)
@@ -68,12 +71,58 @@ class App:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
+    def relay(
+        self,
+        verb: str,
+        target: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        respond: Respond,
+    ) -> bool:
+        """Answer POST /invocations through callbacks when the service can (a transparent proxy),
+        with the same headers, limits and errors as the ASGI path. False: use the ASGI path.
+        For servers that hand over whole requests with lower-cased header names (sagehost.wire)."""
+        service = self._relay
+        if service is None or verb != "POST" or len(body) > self.settings.max_payload_bytes:
+            return False
+        path, _, query = target.partition(b"?")
+        if path != b"/invocations":
+            return False
+        found = dict(headers)
+        attributes = found.get(_ATTRIBUTES)
+        invocation = Invocation(
+            body=body,
+            content_type=_text(found.get(b"content-type")),
+            accept=_text(found.get(b"accept")),
+            headers=headers,
+            query=query.decode("latin-1"),
+        )
+        answered = functools.partial(self._relayed, version, headers, attributes, respond)
+        return service.relay(invocation, answered)
+
+    def _relayed(
+        self,
+        version: str,
+        request_headers: list[tuple[bytes, bytes]],
+        attributes: bytes | None,
+        respond: Respond,
+        outcome: Reply | SagehostError,
+    ) -> None:
+        if isinstance(outcome, SagehostError):
+            status, headers, body = self._error_answer(outcome)
+        else:
+            status, headers, body = outcome.status, _reply_headers(outcome, attributes), outcome.body
+        respond(status, _final_headers(headers, body, version, request_headers), body)
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     self.service = await self._load_service()
+                    self._relay = self.service if isinstance(self.service, Relaying) else None
                 except Exception as exc:
                     self.failed = True
                     log.error("%s", exc)
@@ -132,11 +181,8 @@ class App:
             query=raw_query,
         )
         reply = await service.invoke(invocation)
-        extra = [(b"content-type", reply.content_type.encode("latin-1")), *reply.headers]
-        if attributes is not None and not any(k.lower() == _ATTRIBUTES for k, _ in reply.headers):
-            # SageMaker returns the container's custom attributes to the caller only if echoed.
-            extra.append((_ATTRIBUTES, attributes.encode("latin-1")))
-        await _respond(send, scope, reply.status, reply.body, extra)
+        echo = None if attributes is None else attributes.encode("latin-1")
+        await _respond(send, scope, reply.status, reply.body, _reply_headers(reply, echo))
 
     async def _predict_parameters(self, scope: Scope, send: Send) -> None:
         """The H2O scorer's GET endpoint: one named row from the query string."""
@@ -177,6 +223,10 @@ class App:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _error(self, send: Send, scope: Scope, exc: SagehostError) -> None:
+        status, headers, body = self._error_answer(exc)
+        await _respond(send, scope, status, body, headers)
+
+    def _error_answer(self, exc: SagehostError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         request_id = self._id_prefix + format(next(self._ids), "x")
         status = exc.http_status
         if status >= 500:
@@ -186,7 +236,7 @@ class App:
         headers = [*_JSON, (b"x-request-id", request_id.encode())]
         if isinstance(exc, PayloadTooLarge):
             headers.append((b"connection", b"close"))  # the rest of the body was never read
-        await _respond(send, scope, status, exc.body(request_id), headers)
+        return status, headers, exc.body(request_id)
 
 
 def _allow(verb: str, allowed: str) -> None:
@@ -239,14 +289,33 @@ def _query(scope: Scope) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
 
 
+def _reply_headers(reply: Reply, attributes: bytes | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", reply.content_type.encode("latin-1")), *reply.headers]
+    # SageMaker returns the container's custom attributes to the caller only if echoed.
+    if attributes is not None and not (reply.headers and any(k.lower() == _ATTRIBUTES for k, _ in reply.headers)):
+        headers.append((_ATTRIBUTES, attributes))
+    return headers
+
+
 async def _respond(send: Send, scope: Scope, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    all_headers = [*headers, (b"content-length", str(len(body)).encode())]
-    if scope.get("http_version") == "1.0" and _wants_keep_alive(scope):
-        # HTTP/1.0 clients (ab -k) keep the connection only when the answer says so.
-        all_headers.append((b"connection", b"keep-alive"))
+    all_headers = _final_headers(headers, body, scope.get("http_version", "1.1"), scope["headers"])
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
-def _wants_keep_alive(scope: Scope) -> bool:
-    return any(name == b"connection" and b"keep-alive" in value.lower() for name, value in scope["headers"])
+def _final_headers(
+    headers: list[tuple[bytes, bytes]], body: bytes, version: str, request_headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    final = [*headers, (b"content-length", str(len(body)).encode())]
+    if version == "1.0" and _wants_keep_alive(request_headers):
+        # HTTP/1.0 clients (ab -k) keep the connection only when the answer says so.
+        final.append((b"connection", b"keep-alive"))
+    return final
+
+
+def _wants_keep_alive(request_headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"connection" and b"keep-alive" in value.lower() for name, value in request_headers)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

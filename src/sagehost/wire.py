@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import signal
@@ -32,6 +33,7 @@ log = logging.getLogger("sagehost.wire")
 
 IDLE_TIMEOUT_S = 75.0  # longer than the platform's request cadence, as with uvicorn before
 _MAX_QUEUED = 16  # pipelined requests held per connection before reading pauses
+_CLOSE = (b"connection", b"close")
 _REASONS = {s.value: f"{s.value} {s.phrase}".encode() for s in http.HTTPStatus}
 _BAD_BODY = b'{"error":{"code":"bad_request","message":"The request is not valid HTTP/1.1."}}'
 _BAD_REQUEST = (
@@ -64,8 +66,10 @@ class Connection(asyncio.Protocol):
         self._size = 0
         self._current: _Request | None = None
         self._queue: deque[_Request] = deque()
-        self._worker: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._idle: asyncio.TimerHandle | None = None
+        self._quiet_since: float | None = None  # when the last answer went out; None while active
         self.busy = False
 
     # ---- transport ---------------------------------------------------------------------------
@@ -100,8 +104,7 @@ class Connection(asyncio.Protocol):
         self._headers = []
         self._chunks = []
         self._size = 0
-        if self._idle is not None:
-            self._idle.cancel()
+        self._quiet_since = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -131,47 +134,90 @@ class Connection(asyncio.Protocol):
         self._queue.append(request)
         if len(self._queue) >= _MAX_QUEUED and self._transport is not None:
             self._transport.pause_reading()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._answer_queued())
+        if not self.busy:
+            self._next()
 
-    # ---- answering ---------------------------------------------------------------------------
+    # ---- answering, one request at a time, in order ---------------------------------------------
 
-    async def _answer_queued(self) -> None:
-        self.busy = True
-        try:
-            while self._queue and self._transport is not None:
-                request = self._queue.popleft()
-                if len(self._queue) < _MAX_QUEUED // 2:
-                    self._transport.resume_reading()
-                if not await self._answer(request):
-                    self.close()
-                    return
-        finally:
+    def _next(self) -> None:
+        """Answer the oldest request: relayed through callbacks when the App can (a transparent
+        proxy, no task per request), else by running the App in a task."""
+        if not self._queue or self._transport is None:
             self.busy = False
             if self._server.stopping:
                 self.close()
-            else:
+            elif self._transport is not None:
                 self._arm_idle()
+            return
+        request = self._queue.popleft()
+        if len(self._queue) < _MAX_QUEUED // 2:
+            self._transport.resume_reading()
+        self.busy = True
+        try:
+            relayed = self._server.app.relay(
+                request.method, request.url, request.version, request.headers, request.body,
+                respond=functools.partial(self._relayed, request),
+            )  # fmt: skip
+        except Exception:  # a bug in us: logged, the connection closed, never a hang
+            log.exception("Relaying %s failed", request.url[:100])
+            self.busy = False
+            self.close()
+            return
+        if not relayed:
+            self._worker = self._loop.create_task(self._answer(request))
 
-    async def _answer(self, request: _Request) -> bool:
-        """Run the App for one request and write its answer; whether the connection stays open."""
+    def _relayed(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self._finished(self._write(request, status, headers, body))
+
+    def _finished(self, keep: bool) -> None:
+        if keep:
+            self._next()
+        else:
+            self.busy = False
+            self.close()
+
+    async def _answer(self, request: _Request) -> None:
+        """Run the App for one request in this task, write its answer, go on to the next."""
         response = _Response()
         try:
             await self._server.app(_scope(request), _Receive(request.body), response.send)
         except Exception:  # the App answers its own errors; this is a bug in us, never a hang
             log.exception("The app raised on %s", request.url[:100])
-            return False
+            self._finished(False)
+            return
+        self._finished(self._write(request, response.status, response.headers, b"".join(response.body)))
+
+    def _write(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Write one answer; whether the connection stays open for the next request."""
         transport = self._transport
         if transport is None:
             return False
-        keep = request.keep_alive and not response.closes and not self._server.stopping
-        transport.write(response.encode(keep))
+        closes = _CLOSE in headers  # the App's own header, as it writes it
+        keep = request.keep_alive and not closes and not self._server.stopping
+        reason = _REASONS.get(status) or str(status).encode()
+        lines = [b"HTTP/1.1 " + reason]
+        lines += [k + b": " + v for k, v in headers]
+        if not keep and not closes:
+            lines.append(b"connection: close")
+        transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         return keep
 
     def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT_S, self.close)
+        """Close after IDLE_TIMEOUT_S without a request. One timer per connection, re-armed only
+        when it fires: a timer per request is a measurable share of a proxy's time."""
+        self._quiet_since = self._loop.time()
+        if self._idle is None:
+            self._idle = self._loop.call_at(self._quiet_since + IDLE_TIMEOUT_S, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle = None
+        if self._quiet_since is None:
+            return  # a request is in hand; answering it arms the timer again
+        expires = self._quiet_since + IDLE_TIMEOUT_S
+        if self._loop.time() >= expires:
+            self.close()
+        else:
+            self._idle = self._loop.call_at(expires, self._check_idle)
 
 
 class _Receive:
@@ -191,29 +237,21 @@ class _Receive:
 
 
 class _Response:
-    __slots__ = ("_body", "_headers", "_status", "closes")
+    """What the App sends for one request, gathered whole."""
+
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self) -> None:
-        self._status = 500
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._body: list[bytes] = []
-        self.closes = False
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            self._status = message["status"]
-            self._headers = message.get("headers", [])
-            self.closes = any(k.lower() == b"connection" and v.lower() == b"close" for k, v in self._headers)
+            self.status = message["status"]
+            self.headers = message.get("headers", [])
         else:
-            self._body.append(message.get("body", b""))
-
-    def encode(self, keep_alive: bool) -> bytes:
-        reason = _REASONS.get(self._status) or str(self._status).encode()
-        lines = [b"HTTP/1.1 " + reason]
-        lines.extend(k + b": " + v for k, v in self._headers)
-        if not keep_alive and not self.closes:
-            lines.append(b"connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n" + b"".join(self._body)
+            self.body.append(message.get("body", b""))
 
 
 def _scope(request: _Request) -> dict[str, Any]:

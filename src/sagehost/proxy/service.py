@@ -10,6 +10,7 @@ and answered in the requested Accept.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,20 +20,27 @@ import numpy as np
 from sagehost import codecs
 from sagehost.batching import MicroBatcher
 from sagehost.config import Method, Settings
-from sagehost.errors import InvalidPayload, ModelError, UpstreamRejected, UpstreamUnavailable
+from sagehost.errors import (
+    InternalError,
+    InvalidPayload,
+    ModelError,
+    SagehostError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from sagehost.models.schema import strip_header
 from sagehost.predictor import ModelSpec, Outputs, Rows, Table
 from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored
-from sagehost.proxy.client import Client, Headers, Response
+from sagehost.proxy.client import Client, Headers, Response, settle
 from sagehost.proxy.health import UpstreamHealth
-from sagehost.service import Invocation, Reply
+from sagehost.service import Answer, Invocation, Reply
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the client recomputes: never forwarded.
 _HOP_BY_HOP = frozenset(
     {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer",
      b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"expect"}
 )  # fmt: skip
-_ANSWER_HEADERS = (b"x-amzn-sagemaker-", b"x-amzn-")
+_ANSWER_HEADERS = b"x-amzn-"  # SageMaker's own headers: custom attributes, inference id, ...
 
 log = logging.getLogger("sagehost.proxy")
 
@@ -72,24 +80,63 @@ class ProxyService:
 
     # ---- transparent ----------------------------------------------------------------------
 
-    async def _forward(self, invocation: Invocation) -> Reply:
-        body = invocation.body
-        headers: Headers = [(k.lower(), v) for k, v in invocation.headers if k.lower() not in _HOP_BY_HOP]
-        content_type = invocation.content_type or ""
+    def relay(self, invocation: Invocation, answer: Answer) -> bool:
+        """Forward without a coroutine: `answer` gets the Reply or the error, once. Each task
+        and future per request is CPU taken from the scoring server beside us (issue 4), so
+        the transparent path is callbacks end to end. False with an adapter: it translates."""
+        if self._adapter is not None:
+            return False
         accept = invocation.accept or ""
+        try:
+            url, headers, body = self._outgoing(invocation, accept)
+        except SagehostError as exc:
+            answer(exc)
+            return True
+        done = functools.partial(self._answered, accept, answer)
+        self._client.send("POST", url, headers, body, timeout=self._settings.timeout_s, done=done)
+        return True
+
+    async def _forward(self, invocation: Invocation) -> Reply:
+        waiter: asyncio.Future[Reply | SagehostError] = asyncio.get_running_loop().create_future()
+        self.relay(invocation, functools.partial(settle, waiter))
+        outcome = await waiter
+        if isinstance(outcome, SagehostError):
+            raise outcome
+        return outcome
+
+    def _outgoing(self, invocation: Invocation, accept: str) -> tuple[str, Headers, bytes]:
+        body = invocation.body
+        headers: Headers = [(k, v) for k, v in invocation.headers if k not in _HOP_BY_HOP]
         if self._request_hook is not None:
+            content_type = invocation.content_type or ""
             body, content_type = _run_hook(self._request_hook, "--adapter-request", body, content_type, accept)
             headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", content_type.encode())]
         url = self._upstream
         if invocation.query:
             url += ("&" if "?" in url else "?") + invocation.query
-        response = await self._client.request("POST", url, headers, body, self._settings.timeout_s)
+        return url, headers, body
+
+    def _answered(self, accept: str, answer: Answer, outcome: Response | SagehostError) -> None:
+        if isinstance(outcome, SagehostError):
+            answer(outcome)
+            return
+        try:
+            reply = self._reply(outcome, accept)
+        except SagehostError as exc:
+            answer(exc)
+        except Exception:  # a bug in us: answered, logged, and the worker lives on
+            log.exception("Relaying the scoring server's answer failed")
+            answer(InternalError("sagehost failed unexpectedly; the server log has the details."))
+        else:
+            answer(reply)
+
+    def _reply(self, response: Response, accept: str) -> Reply:
         answer_type = (response.header(b"content-type") or b"application/octet-stream").decode("latin-1")
         answer = response.body
         if self._response_hook is not None:
             hooked = _run_hook(self._response_hook, "--adapter-response", response.status, answer, answer_type, accept)
             answer, answer_type = hooked
-        passed = tuple((k, v) for k, v in response.headers if k.lower().startswith(_ANSWER_HEADERS))
+        passed = tuple([(k, v) for k, v in response.headers if k.startswith(_ANSWER_HEADERS)])
         return Reply(answer, answer_type, status=response.status, headers=passed)
 
     # ---- adapters -------------------------------------------------------------------------
