@@ -106,6 +106,8 @@ def run(names: list[str], seconds: int, rounds: int) -> None:
             finally:
                 stop(procs)
             report(name, {label: median(figures) for label, figures in runs.items()})
+            paired = [ours[0] / direct[0] for ours, direct in zip(runs["sagehost proxy"], runs["direct"], strict=True)]
+            print(f"{name:6} sagehost proxy / direct, round by round: {', '.join(f'{r:.1%}' for r in paired)}\n")
 
 
 def median(figures: list[tuple[float, float, int]]) -> tuple[float, float, int]:
@@ -117,7 +119,7 @@ def report(name: str, figures: dict[str, tuple[float, float, int]]) -> None:
     for label, (rps, p99, errors) in figures.items():
         print(f"{name:6} {label:15} {rps:9.0f} req/s  p99 {p99:8.2f} ms  errors {errors}", flush=True)
     ours, direct, flask = figures["sagehost proxy"][0], figures["direct"][0], figures["Flask proxy"][0]
-    print(f"{name:6} sagehost proxy / direct = {ours / direct:5.1%}   / Flask proxy = {ours / flask:5.1f}x\n")
+    print(f"{name:6} sagehost proxy / direct = {ours / direct:5.1%}   / Flask proxy = {ours / flask:5.1f}x")
 
 
 def main() -> None:

@@ -66,7 +66,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             answer = {"body": body.decode(), "content_type": self.headers.get("Content-Type"), "path": self.path}
             answer["attributes"] = self.headers.get("X-Amzn-SageMaker-Custom-Attributes")
-            self._send(200, answer, {"X-Amzn-SageMaker-Custom-Attributes": "echoed=1"})
+            quiet = answer["attributes"] == "quiet=1"  # a server that sends no custom attributes back
+            self._send(200, answer, {} if quiet else {"X-Amzn-SageMaker-Custom-Attributes": "echoed=1"})
 
     def _scr(self, body: bytes) -> None:
         inputs = {i["name"]: i["value"] for i in json.loads(body)["inputs"]}

@@ -57,6 +57,9 @@ def test_transparent_forward_keeps_body_headers_status_and_query(echo: tuple[Ser
     }
     assert answer.headers["x-amzn-sagemaker-custom-attributes"] == "echoed=1"  # the upstream's, not ours
 
+    quiet = server.client.post("/invocations", content=b"1", headers={"X-Amzn-SageMaker-Custom-Attributes": "quiet=1"})
+    assert quiet.headers["x-amzn-sagemaker-custom-attributes"] == "quiet=1"  # echoed, or SageMaker drops them
+
 
 def test_redirects_are_followed_inside_the_proxy(tmp_path: Path) -> None:
     port = free_port()
