@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
@@ -76,10 +77,41 @@ def flask_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
     return [spawn(cmd, env, work / "flask-proxy.log")], port
 
 
-def measure(port: int, body: str, content_type: str, seconds: int, work: Path) -> tuple[float, float, int]:
+@dataclass(frozen=True, order=True)
+class Run:
+    rps: float
+    p99: float
+    errors: int
+    cpu_us: float
+    """The proxy's own CPU (all its processes) per request; 0 for the upstream measured directly."""
+
+
+def measure(port: int, body: str, content_type: str, seconds: int, work: Path, *, pid: int | None) -> Run:
     url = f"http://127.0.0.1:{port}/invocations"
+    before = cpu_seconds(pid)
     rps, _, p99, errors = wrk(url, body, content_type, seconds, work)
-    return rps, p99, errors
+    return Run(rps, p99, errors, (cpu_seconds(pid) - before) / (rps * seconds) * 1e6)
+
+
+def cpu_seconds(root: int | None) -> float:
+    """User + system CPU of a process and all its descendants, from /proc."""
+    if root is None:
+        return 0.0
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        pid = int(stat.parent.name)
+        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
+    family, grew = {root}, True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= children
+        grew = bool(children)
+    return sum(ticks.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
 
 
 def run(names: list[str], seconds: int, rounds: int) -> None:
@@ -92,34 +124,35 @@ def run(names: list[str], seconds: int, rounds: int) -> None:
             try:
                 wait_ready(f"http://127.0.0.1:{port}{health}", procs[0])
                 upstream = f"http://127.0.0.1:{port}/invocations"
-                ports = {"direct": port}
+                targets: dict[str, tuple[int, int | None]] = {"direct": (port, None)}
                 for label, start in (("sagehost proxy", sagehost_proxy), ("Flask proxy", flask_proxy)):
-                    proxy_procs, ports[label] = start(upstream, health, work)
+                    proxy_procs, proxy_port = start(upstream, health, work)
                     procs += proxy_procs
-                    wait_ready(f"http://127.0.0.1:{ports[label]}/ping", proxy_procs[0])
-                for target in ports.values():  # warm every path up once
-                    measure(target, body, content_type, 2, work)
-                runs: dict[str, list[tuple[float, float, int]]] = {label: [] for label in ports}
+                    targets[label] = (proxy_port, proxy_procs[0].pid)
+                    wait_ready(f"http://127.0.0.1:{proxy_port}/ping", proxy_procs[0])
+                for target, pid in targets.values():  # warm every path up once
+                    measure(target, body, content_type, 2, work, pid=pid)
+                runs: dict[str, list[Run]] = {label: [] for label in targets}
                 for _ in range(rounds):
-                    for label, target in ports.items():
-                        runs[label].append(measure(target, body, content_type, seconds, work))
+                    for label, (target, pid) in targets.items():
+                        runs[label].append(measure(target, body, content_type, seconds, work, pid=pid))
             finally:
                 stop(procs)
-            report(name, {label: median(figures) for label, figures in runs.items()})
-            paired = [ours[0] / direct[0] for ours, direct in zip(runs["sagehost proxy"], runs["direct"], strict=True)]
-            print(f"{name:6} sagehost proxy / direct, round by round: {', '.join(f'{r:.1%}' for r in paired)}\n")
+            report(name, runs)
 
 
-def median(figures: list[tuple[float, float, int]]) -> tuple[float, float, int]:
-    ordered = sorted(figures)
-    return ordered[len(ordered) // 2]
-
-
-def report(name: str, figures: dict[str, tuple[float, float, int]]) -> None:
-    for label, (rps, p99, errors) in figures.items():
-        print(f"{name:6} {label:15} {rps:9.0f} req/s  p99 {p99:8.2f} ms  errors {errors}", flush=True)
-    ours, direct, flask = figures["sagehost proxy"][0], figures["direct"][0], figures["Flask proxy"][0]
+def report(name: str, runs: dict[str, list[Run]]) -> None:
+    """Medians of the rounds, and the proxy/direct ratio of each round (runs a few seconds apart
+    share the machine's drift, so their ratio varies less than either figure)."""
+    medians = {label: sorted(figures)[len(figures) // 2] for label, figures in runs.items()}
+    for label, m in medians.items():
+        cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request" if m.cpu_us else ""
+        print(f"{name:6} {label:15} {m.rps:9.0f} req/s  p99 {m.p99:8.2f} ms  errors {m.errors}{cpu}", flush=True)
+    ours, direct, flask = (medians[label].rps for label in ("sagehost proxy", "direct", "Flask proxy"))
     print(f"{name:6} sagehost proxy / direct = {ours / direct:5.1%}   / Flask proxy = {ours / flask:5.1f}x")
+    paired = sorted(o.rps / d.rps for o, d in zip(runs["sagehost proxy"], runs["direct"], strict=True))
+    rounds = ", ".join(f"{r:.1%}" for r in paired)
+    print(f"{name:6} sagehost proxy / direct by round: median {paired[len(paired) // 2]:.1%} ({rounds})\n")
 
 
 def main() -> None:
