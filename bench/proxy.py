@@ -1,11 +1,13 @@
 """The proxy's cost, in one run: requests/s and p99 straight to an upstream, through
-`sagehost proxy`, and through the hand-written Flask + gunicorn + requests proxy users build.
+`sagehost proxy`, through the hand-written Flask + gunicorn + requests proxy users build, and
+through a featureless reference relay (bench/floor_proxy.py), with each proxy's CPU per request.
 
     .venv/bin/python bench/proxy.py [--seconds 10] [--rounds 3] [--upstreams mlflow,fast]
 
 Upstreams: MLflow's scoring server (slow, CPU-heavy) serving a LogisticRegression, and a fast
-one, `sagehost serve` of the demo model. Each proxy runs 2 workers, like the upstream; all of
-it shares the machine's cores with wrk (-t2 -c40, one row per request). Targets (issue 4): with
+one, `sagehost serve` of the demo model, each with 2 workers. The proxies run PROXY_WORKERS
+workers (1, sagehost proxy's default); all of it shares the machine's cores with wrk (-t2 -c40,
+one row per request). Targets (issue 4): with
 MLflow, the proxy keeps ≥95% of MLflow's direct requests/s; with the fast upstream, ≥3× the
 hand-written proxy's requests/s. Needs `scripts/setup --bench`.
 """
@@ -13,10 +15,13 @@ hand-written proxy's requests/s. Needs `scripts/setup --bench`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +82,29 @@ def flask_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
     return [spawn(cmd, env, work / "flask-proxy.log")], port
 
 
+def floor_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
+    """The least any Python proxy on uvloop + httptools does per request (bench/floor_proxy.py): a
+    reference for how much of the proxy's cost is the language and the event loop, not sagehost."""
+    port = free_port()
+    upstream_port = upstream.rsplit(":", 1)[1].split("/", 1)[0]
+    cmd = [sys.executable, str(BENCH / "floor_proxy.py"), upstream_port, str(port)]
+    proc = spawn(cmd, dict(os.environ), work / "floor-proxy.log")
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:  # it has no /ping: wait until it listens
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return [proc], port
+        time.sleep(0.1)
+    raise RuntimeError("bench/floor_proxy.py did not start")
+
+
+PROXIES: dict[str, Callable[[str, str, Path], tuple[Procs, int]]] = {
+    "sagehost proxy": sagehost_proxy,
+    "Flask proxy": flask_proxy,
+    "floor proxy": floor_proxy,
+}
+PINGLESS = {"floor proxy"}
+
+
 @dataclass(frozen=True, order=True)
 class Run:
     rps: float
@@ -125,11 +153,12 @@ def run(names: list[str], seconds: int, rounds: int) -> None:
                 wait_ready(f"http://127.0.0.1:{port}{health}", procs[0])
                 upstream = f"http://127.0.0.1:{port}/invocations"
                 targets: dict[str, tuple[int, int | None]] = {"direct": (port, None)}
-                for label, start in (("sagehost proxy", sagehost_proxy), ("Flask proxy", flask_proxy)):
+                for label, start in PROXIES.items():
                     proxy_procs, proxy_port = start(upstream, health, work)
                     procs += proxy_procs
                     targets[label] = (proxy_port, proxy_procs[0].pid)
-                    wait_ready(f"http://127.0.0.1:{proxy_port}/ping", proxy_procs[0])
+                    if label not in PINGLESS:
+                        wait_ready(f"http://127.0.0.1:{proxy_port}/ping", proxy_procs[0])
                 for target, pid in targets.values():  # warm every path up once
                     measure(target, body, content_type, 2, work, pid=pid)
                 runs: dict[str, list[Run]] = {label: [] for label in targets}
@@ -148,8 +177,9 @@ def report(name: str, runs: dict[str, list[Run]]) -> None:
     for label, m in medians.items():
         cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request" if m.cpu_us else ""
         print(f"{name:6} {label:15} {m.rps:9.0f} req/s  p99 {m.p99:8.2f} ms  errors {m.errors}{cpu}", flush=True)
-    ours, direct, flask = (medians[label].rps for label in ("sagehost proxy", "direct", "Flask proxy"))
-    print(f"{name:6} sagehost proxy / direct = {ours / direct:5.1%}   / Flask proxy = {ours / flask:5.1f}x")
+    ours, direct, flask, floor = (medians[k].rps for k in ("sagehost proxy", "direct", "Flask proxy", "floor proxy"))
+    print(f"{name:6} sagehost proxy / direct = {ours / direct:5.1%}   / Flask proxy = {ours / flask:5.1f}x", end="")
+    print(f"   (floor proxy / direct = {floor / direct:5.1%})")
     paired = sorted(o.rps / d.rps for o, d in zip(runs["sagehost proxy"], runs["direct"], strict=True))
     rounds = ", ".join(f"{r:.1%}" for r in paired)
     print(f"{name:6} sagehost proxy / direct by round: median {paired[len(paired) // 2]:.1%} ({rounds})\n")
