@@ -18,8 +18,7 @@ from typing import Any
 import httptools
 import uvloop
 
-UPSTREAM = ("127.0.0.1", int(sys.argv[1]))
-PORT = int(sys.argv[2])
+UPSTREAM = ("127.0.0.1", 0)  # set by main()
 idle: collections.deque[Upstream] = collections.deque()
 
 
@@ -91,10 +90,16 @@ class Downstream(asyncio.Protocol):
         upstream.transport.write(raw)
 
 
-async def main() -> None:
-    await asyncio.get_running_loop().create_server(Downstream, "127.0.0.1", PORT, backlog=2048)
+async def serve(port: int) -> None:
+    await asyncio.get_running_loop().create_server(Downstream, "127.0.0.1", port, backlog=2048)
     await asyncio.Event().wait()
 
 
+def main() -> None:
+    global UPSTREAM
+    UPSTREAM = ("127.0.0.1", int(sys.argv[1]))
+    uvloop.run(serve(int(sys.argv[2])))
+
+
 if __name__ == "__main__":
-    uvloop.run(main())
+    main()
