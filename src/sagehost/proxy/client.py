@@ -4,8 +4,8 @@ The proxy forwards thousands of requests a second to one host over loopback, bes
 server that wants every core; a general client's per-request machinery (URL objects, header
 classes, a task and a future per call) would cost more than the forwarding. So the core is
 callbacks: `Client.send` writes the request on a pooled connection and calls `done` once with
-the response or the error, and nothing else is allocated per request. `Client.request` is the
-same thing awaited. Connections are kept and reused; one that the upstream closed while idle is
+the response or the error, with no task, future or timer made per request. `Client.request` is
+the same thing awaited. Connections are kept and reused; one that the upstream closed while idle is
 replaced and the request retried once, since it never reached the server.
 """
 
