@@ -7,7 +7,9 @@ a machine shared with a CPU-bound scoring server every microsecond of it is take
 server (bench/proxy.py, issue 4). This server drives the same App with the same httptools
 parser, but does only what the App needs: whole bodies (capped at the payload limit), one
 write per answer, keep-alive with an idle timeout, requests on a connection answered in order,
-and a drain on SIGTERM. The App, its routes, errors and limits are unchanged.
+and a drain on SIGTERM. The App, its routes, errors and limits are unchanged. Each request is
+first offered to `App.relay`, which a transparent proxy answers through callbacks with no task
+per request; anything else runs the App as ASGI in a task.
 """
 
 from __future__ import annotations
