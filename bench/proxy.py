@@ -3,6 +3,7 @@
 through a featureless reference relay (bench/floor_proxy.py), with each proxy's CPU per request.
 
     .venv/bin/python bench/proxy.py [--seconds 10] [--rounds 3] [--upstreams mlflow,fast]
+                                    [--proxies "sagehost proxy,Flask proxy,floor proxy"]
 
 Upstreams: MLflow's scoring server (slow, CPU-heavy) serving a LogisticRegression, and a fast
 one, `sagehost serve` of the demo model, each with 2 workers. The proxies run PROXY_WORKERS
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import joblib
 from sklearn.datasets import make_classification
@@ -35,6 +37,7 @@ from run import BENCH, VENV_BIN, WORKERS, free_port, save_for_mlflow, spawn, sto
 PROXY_WORKERS = int(os.environ.get("PROXY_WORKERS", "1"))  # sagehost proxy's default; set 2 to compare
 DEMO = BENCH.parent / "examples" / "demo" / "model"
 Procs = list[subprocess.Popen[bytes]]
+T = TypeVar("T")
 
 
 def mlflow_upstream(work: Path) -> tuple[Procs, int, str, str, str]:
@@ -112,13 +115,24 @@ class Run:
     errors: int
     cpu_us: float
     """The proxy's own CPU (all its processes) per request; 0 for the upstream measured directly."""
+    busy: float
+    """The share of the machine's CPU time that was busy during the run."""
 
 
 def measure(port: int, body: str, content_type: str, seconds: int, work: Path, *, pid: int | None) -> Run:
     url = f"http://127.0.0.1:{port}/invocations"
-    before = cpu_seconds(pid)
+    before, machine_before = cpu_seconds(pid), machine_ticks()
     rps, _, p99, errors = wrk(url, body, content_type, seconds, work)
-    return Run(rps, p99, errors, (cpu_seconds(pid) - before) / (rps * seconds) * 1e6)
+    busy, total = (after - start for after, start in zip(machine_ticks(), machine_before, strict=True))
+    return Run(rps, p99, errors, (cpu_seconds(pid) - before) / (rps * seconds) * 1e6, busy / max(total, 1))
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine so far, from /proc/stat: a proxy only costs the
+    upstream throughput when the machine has no idle time left to give it."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def cpu_seconds(root: int | None) -> float:
@@ -142,9 +156,10 @@ def cpu_seconds(root: int | None) -> float:
     return sum(ticks.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
 
 
-def run(names: list[str], seconds: int, rounds: int) -> None:
-    """All three targets run side by side and are measured in turns, `rounds` times: a slow,
-    CPU-bound upstream drifts by more between runs than the difference being measured."""
+def run(names: list[str], proxies: list[str], seconds: int, rounds: int) -> None:
+    """All targets run side by side and are measured in turns, `rounds` times, with one more
+    direct run at the end: a slow, CPU-bound upstream drifts by more between runs than the
+    difference being measured, so each proxied run is compared with the direct runs either side."""
     with tempfile.TemporaryDirectory(prefix="sagehost-proxy-bench-") as tmp:
         work = Path(tmp)
         for name in names:
@@ -153,8 +168,8 @@ def run(names: list[str], seconds: int, rounds: int) -> None:
                 wait_ready(f"http://127.0.0.1:{port}{health}", procs[0])
                 upstream = f"http://127.0.0.1:{port}/invocations"
                 targets: dict[str, tuple[int, int | None]] = {"direct": (port, None)}
-                for label, start in PROXIES.items():
-                    proxy_procs, proxy_port = start(upstream, health, work)
+                for label in proxies:
+                    proxy_procs, proxy_port = PROXIES[label](upstream, health, work)
                     procs += proxy_procs
                     targets[label] = (proxy_port, proxy_procs[0].pid)
                     if label not in PINGLESS:
@@ -165,24 +180,36 @@ def run(names: list[str], seconds: int, rounds: int) -> None:
                 for _ in range(rounds):
                     for label, (target, pid) in targets.items():
                         runs[label].append(measure(target, body, content_type, seconds, work, pid=pid))
+                runs["direct"].append(measure(port, body, content_type, seconds, work, pid=None))
             finally:
                 stop(procs)
             report(name, runs)
 
 
 def report(name: str, runs: dict[str, list[Run]]) -> None:
-    """Medians of the rounds, and the proxy/direct ratio of each round (runs a few seconds apart
-    share the machine's drift, so their ratio varies less than either figure)."""
-    medians = {label: sorted(figures)[len(figures) // 2] for label, figures in runs.items()}
+    """Medians of the rounds; then each proxied run against the mean of the direct runs just
+    before and after it (runs seconds apart share the machine's drift), and the median of that."""
+    medians = {label: median(figures) for label, figures in runs.items()}
     for label, m in medians.items():
         cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request" if m.cpu_us else ""
-        print(f"{name:6} {label:15} {m.rps:9.0f} req/s  p99 {m.p99:8.2f} ms  errors {m.errors}{cpu}", flush=True)
-    ours, direct, flask, floor = (medians[k].rps for k in ("sagehost proxy", "direct", "Flask proxy", "floor proxy"))
-    print(f"{name:6} sagehost proxy / direct = {ours / direct:5.1%}   / Flask proxy = {ours / flask:5.1f}x", end="")
-    print(f"   (floor proxy / direct = {floor / direct:5.1%})")
-    paired = sorted(o.rps / d.rps for o, d in zip(runs["sagehost proxy"], runs["direct"], strict=True))
-    rounds = ", ".join(f"{r:.1%}" for r in paired)
-    print(f"{name:6} sagehost proxy / direct by round: median {paired[len(paired) // 2]:.1%} ({rounds})\n")
+        line = f"{name:6} {label:15} {m.rps:9.0f} req/s  p99 {m.p99:8.2f} ms  errors {m.errors}  machine busy"
+        print(f"{line} {median([r.busy for r in runs[label]]):4.0%}{cpu}", flush=True)
+    direct = runs["direct"]
+    for label in [label for label in runs if label != "direct"]:
+        ratio = medians[label].rps / medians["direct"].rps
+        brackets = zip(runs[label], direct[:-1], direct[1:], strict=True)
+        paired = sorted(r.rps / ((before.rps + after.rps) / 2) for r, before, after in brackets)
+        rounds = ", ".join(f"{r:.1%}" for r in paired)
+        print(f"{name:6} {label} / direct: {ratio:.1%} as medians; by round, median {median(paired):.1%} ({rounds})")
+    if {"sagehost proxy", "Flask proxy"} <= runs.keys():
+        times = medians["sagehost proxy"].rps / medians["Flask proxy"].rps
+        print(f"{name:6} sagehost proxy / Flask proxy = {times:.1f}x")
+    print()
+
+
+def median(values: list[T]) -> T:
+    """The middle value (the upper one of an even count)."""
+    return sorted(values)[len(values) // 2]  # type: ignore[type-var]
 
 
 def main() -> None:
@@ -190,12 +217,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--upstreams", default="mlflow,fast")
+    parser.add_argument("--proxies", default=",".join(PROXIES), help="a comma-separated subset of: %(default)s")
     args = parser.parse_args()
+    proxies = args.proxies.split(",")
+    if unknown := set(proxies) - PROXIES.keys():
+        parser.error(f"unknown proxies: {', '.join(sorted(unknown))}")
     print(
         f"{os.cpu_count()} cores, upstream {WORKERS} workers, proxies {PROXY_WORKERS}; wrk -t2 -c40, one row per "
         f"request; median of {args.rounds} interleaved runs\n"
     )
-    run(args.upstreams.split(","), args.seconds, args.rounds)
+    run(args.upstreams.split(","), proxies, args.seconds, args.rounds)
 
 
 if __name__ == "__main__":

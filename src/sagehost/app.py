@@ -8,10 +8,7 @@ Routes: GET /ping, POST /invocations, GET /execution-parameters, GET /predict_pa
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
-import os
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import orjson
 
 from sagehost import contract
+from sagehost.answers import JSON, Headers, Respond, error_answer, final_headers, reply_headers
 from sagehost.codecs import media
 from sagehost.config import METHODS, Method, Settings
 from sagehost.errors import (
@@ -30,21 +28,18 @@ from sagehost.errors import (
     PayloadTooLarge,
     SagehostError,
 )
-from sagehost.service import Invocation, Relaying, Reply, Service
+from sagehost.service import Invocation, Relaying, Service
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ServiceFactory = Callable[[], Awaitable[Service]]
-Respond = Callable[[int, list[tuple[bytes, bytes]], bytes], None]
 
 log = logging.getLogger("sagehost.app")
 
-_JSON = [(b"content-type", b"application/json")]
 _HEALTHY = b'{"status":"healthy"}'
 _DRAIN_LIMIT = 64 * 1024 * 1024
-_ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 
 
 class App:
@@ -54,8 +49,6 @@ class App:
         self._relay: Relaying | None = None
         self.failed = False
         self._load_service = load_service
-        self._ids = itertools.count(1)
-        self._id_prefix = f"{os.getpid():x}-"
         self._execution_parameters = orjson.dumps(
             {
                 "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
@@ -76,45 +69,22 @@ class App:
         verb: str,
         target: bytes,
         version: str,
-        headers: list[tuple[bytes, bytes]],
+        headers: Headers,
         body: bytes,
         *,
         respond: Respond,
     ) -> bool:
-        """Answer POST /invocations through callbacks when the service can (a transparent proxy),
-        with the same headers, limits and errors as the ASGI path. False: use the ASGI path.
-        For servers that hand over whole requests with lower-cased header names (sagehost.wire)."""
+        """Hand POST /invocations, within the payload limit, to a service that answers it through
+        callbacks (a transparent proxy) under the same rules (sagehost.answers). False: use the
+        ASGI path. For servers that hand over whole requests with lower-cased header names
+        (sagehost.wire)."""
         service = self._relay
         if service is None or verb != "POST" or len(body) > self.settings.max_payload_bytes:
             return False
         path, _, query = target.partition(b"?")
         if path != b"/invocations":
             return False
-        found = dict(headers)
-        attributes = found.get(_ATTRIBUTES)
-        invocation = Invocation(
-            body=body,
-            content_type=_text(found.get(b"content-type")),
-            accept=_text(found.get(b"accept")),
-            headers=headers,
-            query=query.decode("latin-1"),
-        )
-        answered = functools.partial(self._relayed, version, headers, attributes, respond)
-        return service.relay(invocation, answered)
-
-    def _relayed(
-        self,
-        version: str,
-        request_headers: list[tuple[bytes, bytes]],
-        attributes: bytes | None,
-        respond: Respond,
-        outcome: Reply | SagehostError,
-    ) -> None:
-        if isinstance(outcome, SagehostError):
-            status, headers, body = self._error_answer(outcome)
-        else:
-            status, headers, body = outcome.status, _reply_headers(outcome, attributes), outcome.body
-        respond(status, _final_headers(headers, body, version, request_headers), body)
+        return service.relay(query, version, headers, body, respond)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -145,7 +115,7 @@ class App:
                 await self._ping(scope, send)
             elif path == "/execution-parameters":
                 _allow(verb, "GET")
-                await _respond(send, scope, 200, self._execution_parameters, _JSON)
+                await _respond(send, scope, 200, self._execution_parameters, JSON)
             elif path == "/predict_parameters":
                 _allow(verb, "GET")
                 await self._predict_parameters(scope, send)
@@ -163,7 +133,7 @@ class App:
         service = self._ready()
         if not await service.healthy():
             raise ModelNotReady("The scoring server is not answering its health check; /ping turns 200 when it does.")
-        await _respond(send, scope, 200, _HEALTHY, _JSON)
+        await _respond(send, scope, 200, _HEALTHY, JSON)
 
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
@@ -182,7 +152,8 @@ class App:
         )
         reply = await service.invoke(invocation)
         echo = None if attributes is None else attributes.encode("latin-1")
-        await _respond(send, scope, reply.status, reply.body, _reply_headers(reply, echo))
+        answer_headers = reply_headers(reply.content_type.encode("latin-1"), reply.headers, echo)
+        await _respond(send, scope, reply.status, reply.body, answer_headers)
 
     async def _predict_parameters(self, scope: Scope, send: Send) -> None:
         """The H2O scorer's GET endpoint: one named row from the query string."""
@@ -223,20 +194,8 @@ class App:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _error(self, send: Send, scope: Scope, exc: SagehostError) -> None:
-        status, headers, body = self._error_answer(exc)
+        status, headers, body = error_answer(exc)
         await _respond(send, scope, status, body, headers)
-
-    def _error_answer(self, exc: SagehostError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        request_id = self._id_prefix + format(next(self._ids), "x")
-        status = exc.http_status
-        if status >= 500:
-            log.error("request %s failed: %s %s", request_id, exc.code, exc.message)
-        else:
-            log.info("request %s rejected: %s %s", request_id, exc.code, exc.message)
-        headers = [*_JSON, (b"x-request-id", request_id.encode())]
-        if isinstance(exc, PayloadTooLarge):
-            headers.append((b"connection", b"close"))  # the rest of the body was never read
-        return status, headers, exc.body(request_id)
 
 
 def _allow(verb: str, allowed: str) -> None:
@@ -289,33 +248,7 @@ def _query(scope: Scope) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
 
 
-def _reply_headers(reply: Reply, attributes: bytes | None) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", reply.content_type.encode("latin-1")), *reply.headers]
-    # SageMaker returns the container's custom attributes to the caller only if echoed.
-    if attributes is not None and not (reply.headers and any(k.lower() == _ATTRIBUTES for k, _ in reply.headers)):
-        headers.append((_ATTRIBUTES, attributes))
-    return headers
-
-
 async def _respond(send: Send, scope: Scope, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    all_headers = _final_headers(headers, body, scope.get("http_version", "1.1"), scope["headers"])
+    all_headers = final_headers(headers, body, scope.get("http_version", "1.1"), scope["headers"])
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-
-
-def _final_headers(
-    headers: list[tuple[bytes, bytes]], body: bytes, version: str, request_headers: list[tuple[bytes, bytes]]
-) -> list[tuple[bytes, bytes]]:
-    final = [*headers, (b"content-length", str(len(body)).encode())]
-    if version == "1.0" and _wants_keep_alive(request_headers):
-        # HTTP/1.0 clients (ab -k) keep the connection only when the answer says so.
-        final.append((b"connection", b"keep-alive"))
-    return final
-
-
-def _wants_keep_alive(request_headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(name == b"connection" and b"keep-alive" in value.lower() for name, value in request_headers)
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")

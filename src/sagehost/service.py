@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 from sagehost import codecs
+from sagehost.answers import Headers, Respond
 from sagehost.config import Method, Settings
-from sagehost.errors import Overloaded, PredictionTimeout, SagehostError
+from sagehost.errors import Overloaded, PredictionTimeout
 from sagehost.formats.arrays import require_method
 from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
@@ -46,10 +47,6 @@ class Reply:
     """Extra response headers (a proxied upstream's SageMaker headers)."""
 
 
-Answer = Callable[[Reply | SagehostError], None]
-"""Called once with a relayed invocation's reply, or with the error to answer instead."""
-
-
 class Service(Protocol):
     uses_methods: bool
     """Whether `?method=` / custom attributes `method=` choose a model method (not in proxy mode,
@@ -65,10 +62,12 @@ class Service(Protocol):
 
 @runtime_checkable
 class Relaying(Protocol):
-    """A service that can also answer without a coroutine (a transparent proxy, issue 4)."""
+    """A service that can also answer POST /invocations as HTTP, through callbacks, with no
+    coroutine or Invocation per request (a transparent proxy, issue 4)."""
 
-    def relay(self, invocation: Invocation, answer: Answer) -> bool:
-        """Start answering `invocation` through callbacks; False to take the `invoke` path."""
+    def relay(self, query: bytes, version: str, headers: Headers, body: bytes, respond: Respond) -> bool:
+        """Start answering, under the contract's rules (sagehost.answers); `respond` is called
+        once. False to take the `invoke` path instead. Header names come lower-cased."""
         ...
 
 

@@ -10,7 +10,6 @@ and answered in the requested Accept.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from sagehost import codecs
+from sagehost.answers import ATTRIBUTES, Headers, Respond, error_answer, final_headers, reply_headers
 from sagehost.batching import MicroBatcher
 from sagehost.config import Method, Settings
 from sagehost.errors import (
@@ -31,9 +31,9 @@ from sagehost.errors import (
 from sagehost.models.schema import strip_header
 from sagehost.predictor import ModelSpec, Outputs, Rows, Table
 from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored
-from sagehost.proxy.client import Client, Headers, Response, settle
+from sagehost.proxy.client import Client, Response
 from sagehost.proxy.health import UpstreamHealth
-from sagehost.service import Answer, Invocation, Reply
+from sagehost.service import Invocation, Reply
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the client recomputes: never forwarded.
 _HOP_BY_HOP = frozenset(
@@ -63,6 +63,7 @@ class ProxyService:
         self._health = health
         self._adapter = adapter
         self._request_hook, self._response_hook = hooks
+        self._hooked = hooks != (None, None)
         self._batchers: dict[Fields, tuple[MicroBatcher, UpstreamPredictor]] = {}
         self._one_row_calls = asyncio.Semaphore(32)
 
@@ -80,64 +81,38 @@ class ProxyService:
 
     # ---- transparent ----------------------------------------------------------------------
 
-    def relay(self, invocation: Invocation, answer: Answer) -> bool:
-        """Forward without a coroutine: `answer` gets the Reply or the error, once. Each task
-        and future per request is CPU taken from the scoring server beside us (issue 4), so
-        the transparent path is callbacks end to end. False with an adapter: it translates."""
-        if self._adapter is not None:
+    def relay(self, query: bytes, version: str, headers: Headers, body: bytes, respond: Respond) -> bool:
+        """Forward as HTTP, with no coroutine, Invocation or Reply: every object and task made per
+        request is CPU taken from the scoring server beside us (issue 4). False with an adapter
+        or hooks, which take the `invoke` path."""
+        if self._adapter is not None or self._hooked:
             return False
-        accept = invocation.accept or ""
-        try:
-            url, headers, body = self._outgoing(invocation, accept)
-        except SagehostError as exc:
-            answer(exc)
-            return True
-        done = functools.partial(self._answered, accept, answer)
-        self._client.send("POST", url, headers, body, timeout=self._settings.timeout_s, done=done)
+        forwarded, attributes = _forwarded(headers)
+        done = _Exchange(respond, version, headers, attributes)
+        self._client.send("POST", self._url(query), forwarded, body, timeout=self._settings.timeout_s, done=done)
         return True
 
     async def _forward(self, invocation: Invocation) -> Reply:
-        waiter: asyncio.Future[Reply | SagehostError] = asyncio.get_running_loop().create_future()
-        self.relay(invocation, functools.partial(settle, waiter))
-        outcome = await waiter
-        if isinstance(outcome, SagehostError):
-            raise outcome
-        return outcome
-
-    def _outgoing(self, invocation: Invocation, accept: str) -> tuple[str, Headers, bytes]:
+        accept = invocation.accept or ""
         body = invocation.body
-        headers: Headers = [(k, v) for k, v in invocation.headers if k not in _HOP_BY_HOP]
+        headers, _ = _forwarded(invocation.headers)
         if self._request_hook is not None:
             content_type = invocation.content_type or ""
             body, content_type = _run_hook(self._request_hook, "--adapter-request", body, content_type, accept)
             headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", content_type.encode())]
-        url = self._upstream
-        if invocation.query:
-            url += ("&" if "?" in url else "?") + invocation.query
-        return url, headers, body
-
-    def _answered(self, accept: str, answer: Answer, outcome: Response | SagehostError) -> None:
-        if isinstance(outcome, SagehostError):
-            answer(outcome)
-            return
-        try:
-            reply = self._reply(outcome, accept)
-        except SagehostError as exc:
-            answer(exc)
-        except Exception:  # a bug in us: answered, logged, and the worker lives on
-            log.exception("Relaying the scoring server's answer failed")
-            answer(InternalError("sagehost failed unexpectedly; the server log has the details."))
-        else:
-            answer(reply)
-
-    def _reply(self, response: Response, accept: str) -> Reply:
-        answer_type = (response.header(b"content-type") or b"application/octet-stream").decode("latin-1")
-        answer = response.body
+        url = self._url(invocation.query.encode("latin-1"))
+        response = await self._client.request("POST", url, headers, body, self._settings.timeout_s)
+        answered_type, passed = _passed_back(response.headers)
+        answer, answer_type = response.body, answered_type.decode("latin-1")
         if self._response_hook is not None:
             hooked = _run_hook(self._response_hook, "--adapter-response", response.status, answer, answer_type, accept)
             answer, answer_type = hooked
-        passed = tuple([(k, v) for k, v in response.headers if k.startswith(_ANSWER_HEADERS)])
-        return Reply(answer, answer_type, status=response.status, headers=passed)
+        return Reply(answer, answer_type, status=response.status, headers=tuple(passed))
+
+    def _url(self, query: bytes) -> str:
+        if not query:
+            return self._upstream
+        return self._upstream + ("&" if "?" in self._upstream else "?") + query.decode("latin-1")
 
     # ---- adapters -------------------------------------------------------------------------
 
@@ -193,6 +168,58 @@ class ProxyService:
         if len(scored.rows) != len(rows):
             raise UpstreamUnavailable(f"The scoring server answered {len(scored.rows)} rows for {len(rows)}.")
         return scored
+
+
+class _Exchange:
+    """One relayed request's way back: the scoring server's answer, or the error, as the
+    contract's answer. The client calls it once; it is the only object the relay makes per request."""
+
+    __slots__ = ("_attributes", "_request_headers", "_respond", "_version")
+
+    def __init__(self, respond: Respond, version: str, request_headers: Headers, attributes: bytes | None) -> None:
+        self._respond = respond
+        self._version = version
+        self._request_headers = request_headers
+        self._attributes = attributes
+
+    def __call__(self, outcome: Response | SagehostError) -> None:
+        try:
+            if isinstance(outcome, SagehostError):
+                status, headers, body = error_answer(outcome)
+            else:
+                status, body = outcome.status, outcome.body
+                content_type, passed = _passed_back(outcome.headers)
+                headers = reply_headers(content_type, passed, self._attributes)
+        except Exception:  # a bug in us: answered, logged, and the worker lives on
+            log.exception("Relaying the scoring server's answer failed")
+            failed = InternalError("sagehost failed unexpectedly; the server log has the details.")
+            status, headers, body = error_answer(failed)
+        self._respond(status, final_headers(headers, body, self._version, self._request_headers), body)
+
+
+def _forwarded(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
+    """The end-to-end headers to pass on, and the custom attributes to echo back."""
+    kept: Headers = []
+    attributes = None
+    for name, value in headers:
+        if name in _HOP_BY_HOP:
+            continue
+        if name == ATTRIBUTES:
+            attributes = value
+        kept.append((name, value))
+    return kept, attributes
+
+
+def _passed_back(headers: Headers) -> tuple[bytes, Headers]:
+    """The scoring server's Content-Type, and its SageMaker headers to pass back."""
+    content_type = b"application/octet-stream"
+    passed: Headers = []
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name.startswith(_ANSWER_HEADERS):
+            passed.append((name, value))
+    return content_type, passed
 
 
 class UpstreamPredictor:
