@@ -1,16 +1,18 @@
 """The proxy's cost, in one run: requests/s and p99 straight to an upstream, through
 `sagehost proxy`, through the hand-written Flask + gunicorn + requests proxy users build, and
-through a featureless reference relay (bench/floor_proxy.py), with each proxy's CPU per request.
+through two references: a featureless Python relay (bench/floor_proxy.py) and nginx, with each
+proxy's CPU per request and how busy the machine was.
 
     .venv/bin/python bench/proxy.py [--seconds 10] [--rounds 3] [--upstreams mlflow,fast]
-                                    [--proxies "sagehost proxy,Flask proxy,floor proxy"]
+                                    [--proxies "sagehost proxy,Flask proxy,floor proxy,nginx proxy"]
 
 Upstreams: MLflow's scoring server (slow, CPU-heavy) serving a LogisticRegression, and a fast
 one, `sagehost serve` of the demo model, each with 2 workers. The proxies run PROXY_WORKERS
 workers (1, sagehost proxy's default); all of it shares the machine's cores with wrk (-t2 -c40,
-one row per request). Targets (issue 4): with
-MLflow, the proxy keeps ≥95% of MLflow's direct requests/s; with the fast upstream, ≥3× the
-hand-written proxy's requests/s. Needs `scripts/setup --bench`.
+one row per request). Targets are measured in turns, round after round, and each proxied run is
+compared with the direct runs either side of it. Targets (issue 4): with MLflow, the proxy keeps
+≥95% of MLflow's direct requests/s; with the fast upstream, ≥3× the hand-written proxy's
+requests/s. Needs `scripts/setup --bench`.
 """
 
 from __future__ import annotations
@@ -100,10 +102,46 @@ def floor_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
     raise RuntimeError("bench/floor_proxy.py did not start")
 
 
+def nginx_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
+    """nginx with one worker and kept-alive upstream connections: what the extra hop costs with
+    no Python at all, a reference for what any proxy can keep of a CPU-bound upstream here."""
+    port = free_port()
+    upstream_port = upstream.rsplit(":", 1)[1].split("/", 1)[0]
+    conf = work / "nginx-proxy.conf"
+    conf.write_text(NGINX_PROXY_CONF.format(port=port, upstream_port=upstream_port, work=work))
+    return [spawn(["nginx", "-c", str(conf), "-g", "daemon off;"], dict(os.environ), work / "nginx-proxy.log")], port
+
+
+NGINX_PROXY_CONF = """
+worker_processes 1;
+pid {work}/nginx-proxy.pid;
+error_log {work}/nginx-proxy-error.log;
+events {{ worker_connections 2048; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/nginx-proxy-body;
+  proxy_temp_path {work}/nginx-proxy-temp;
+  fastcgi_temp_path {work}/nginx-proxy-fastcgi;
+  uwsgi_temp_path {work}/nginx-proxy-uwsgi;
+  scgi_temp_path {work}/nginx-proxy-scgi;
+  upstream scorer {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 100000000; }}
+  server {{
+    listen 127.0.0.1:{port};
+    keepalive_requests 100000000;
+    location / {{
+      proxy_pass http://scorer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
 PROXIES: dict[str, Callable[[str, str, Path], tuple[Procs, int]]] = {
     "sagehost proxy": sagehost_proxy,
     "Flask proxy": flask_proxy,
     "floor proxy": floor_proxy,
+    "nginx proxy": nginx_proxy,
 }
 PINGLESS = {"floor proxy"}
 

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/proxy_path.py [--requests 50000]
 
-A `sagehost proxy` worker's objects, as it builds them (the App and ProxyService on sagehost.wire,
-the pooled client), are fed bytes directly: a request into the wire connection, the scoring
-server's answer into the pooled upstream connection, in a loop. The transports only count what
-is written. The same for bench/floor_proxy.py, the featureless reference relay. What this
+A `sagehost proxy` worker's objects, as it builds them (its relay connection on sagehost.wire,
+the App and ProxyService, the pooled client), are fed bytes directly: a request into the relay
+connection, the scoring server's answer into the pooled upstream connection, in a loop. The
+transports only count what is written. The same for bench/floor_proxy.py, the featureless reference relay. What this
 measures is everything the proxy does per request except the socket calls and the waits.
 """
 
@@ -23,9 +23,10 @@ from sagehost.app import App
 from sagehost.config import Settings
 from sagehost.proxy.client import Client, _Connection
 from sagehost.proxy.health import UpstreamHealth
+from sagehost.proxy.relay import RelayConnection
 from sagehost.proxy.service import ProxyService
 from sagehost.service import Service
-from sagehost.wire import Connection, WireServer, _Lifespan
+from sagehost.wire import WireServer, _Lifespan
 
 UPSTREAM = "http://127.0.0.1:9/invocations"
 REQUEST = (
@@ -81,7 +82,7 @@ async def sagehost(requests: int) -> float:
     pool, _ = client.route(UPSTREAM)
     upstream = _Pooled(pool, _Connection(asyncio.get_running_loop()))
     try:
-        return timed(Connection(WireServer(app, settings)), upstream, requests)
+        return timed(RelayConnection(WireServer(app, settings, RelayConnection)), upstream, requests)
     finally:
         await lifespan.stop()
 

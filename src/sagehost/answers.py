@@ -1,19 +1,18 @@
 """What every answer carries under the SageMaker contract, whoever builds it: the App for its
-routes, or a relaying service straight from the scoring server's answer (issue 4)."""
+routes, or a transparent proxy's relay straight from the scoring server's answer
+(sagehost.proxy.relay, issue 4)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from sagehost import contract
 from sagehost.errors import PayloadTooLarge, SagehostError
 
 Headers = list[tuple[bytes, bytes]]
-Respond = Callable[[int, Headers, bytes], None]
-"""Writes one answer: status, headers (names lower-cased), body."""
 
 ATTRIBUTES = contract.CUSTOM_ATTRIBUTES_HEADER.lower().encode()
 JSON = [(b"content-type", b"application/json")]

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from sagehost import contract
-from sagehost.answers import JSON, Headers, Respond, error_answer, final_headers, reply_headers
+from sagehost.answers import JSON, error_answer, final_headers, reply_headers
 from sagehost.codecs import media
 from sagehost.config import METHODS, Method, Settings
 from sagehost.errors import (
@@ -28,7 +28,7 @@ from sagehost.errors import (
     PayloadTooLarge,
     SagehostError,
 )
-from sagehost.service import Invocation, Relaying, Service
+from sagehost.service import Invocation, Service
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,7 +46,6 @@ class App:
     def __init__(self, settings: Settings, load_service: ServiceFactory) -> None:
         self.settings = settings
         self.service: Service | None = None
-        self._relay: Relaying | None = None
         self.failed = False
         self._load_service = load_service
         self._execution_parameters = orjson.dumps(
@@ -64,35 +63,12 @@ class App:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
-    def relay(
-        self,
-        verb: str,
-        target: bytes,
-        version: str,
-        headers: Headers,
-        body: bytes,
-        *,
-        respond: Respond,
-    ) -> bool:
-        """Hand POST /invocations, within the payload limit, to a service that answers it through
-        callbacks (a transparent proxy) under the same rules (sagehost.answers). False: use the
-        ASGI path. For servers that hand over whole requests with lower-cased header names
-        (sagehost.wire)."""
-        service = self._relay
-        if service is None or verb != "POST" or len(body) > self.settings.max_payload_bytes:
-            return False
-        path, _, query = target.partition(b"?")
-        if path != b"/invocations":
-            return False
-        return service.relay(query, version, headers, body, respond)
-
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     self.service = await self._load_service()
-                    self._relay = self.service if isinstance(self.service, Relaying) else None
                 except Exception as exc:
                     self.failed = True
                     log.error("%s", exc)

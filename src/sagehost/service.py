@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Protocol, TypeVar
 
 from sagehost import codecs
-from sagehost.answers import Headers, Respond
 from sagehost.config import Method, Settings
 from sagehost.errors import Overloaded, PredictionTimeout
 from sagehost.formats.arrays import require_method
@@ -58,17 +57,6 @@ class Service(Protocol):
     async def healthy(self) -> bool: ...
 
     async def invoke(self, invocation: Invocation) -> Reply: ...
-
-
-@runtime_checkable
-class Relaying(Protocol):
-    """A service that can also answer POST /invocations as HTTP, through callbacks, with no
-    coroutine or Invocation per request (a transparent proxy, issue 4)."""
-
-    def relay(self, query: bytes, version: str, headers: Headers, body: bytes, respond: Respond) -> bool:
-        """Start answering, under the contract's rules (sagehost.answers); `respond` is called
-        once. False to take the `invoke` path instead. Header names come lower-cased."""
-        ...
 
 
 class RowService:

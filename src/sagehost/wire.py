@@ -8,8 +8,9 @@ server (bench/proxy.py, issue 4). This server drives the same App with the same 
 parser, but does only what the App needs: whole bodies (capped at the payload limit), one
 write per answer, keep-alive with an idle timeout, requests on a connection answered in order,
 and a drain on SIGTERM. The App, its routes, errors and limits are unchanged. Each request is
-first offered to `App.relay`, which a transparent proxy answers through callbacks with no task
-per request; anything else runs the App as ASGI in a task.
+first offered to `Connection._offer`, which a subclass answers through callbacks with no task
+per request (a transparent proxy's, sagehost.proxy.relay); anything else runs the App as ASGI in
+a task.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import signal
 import socket
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -69,6 +71,7 @@ class Connection(asyncio.Protocol):
         self._current: _Request | None = None
         self._queue: deque[_Request] = deque()
         self._worker: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
+        self._answering: _Request | None = None  # requests are answered one at a time, in order
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._idle: asyncio.TimerHandle | None = None
         self._quiet_since: float | None = None  # when the last answer went out; None while active
@@ -142,8 +145,8 @@ class Connection(asyncio.Protocol):
     # ---- answering, one request at a time, in order ---------------------------------------------
 
     def _next(self) -> None:
-        """Answer the oldest request: relayed through callbacks when the App can (a transparent
-        proxy, no task per request), else by running the App in a task."""
+        """Answer the oldest request: through callbacks when `_offer` takes it, else by running
+        the App in a task."""
         if not self._queue or self._transport is None:
             self.busy = False
             if self._server.stopping:
@@ -155,20 +158,23 @@ class Connection(asyncio.Protocol):
         if len(self._queue) < _MAX_QUEUED // 2:
             self._transport.resume_reading()
         self.busy = True
+        self._answering = request
         try:
-            relayed = self._server.app.relay(
-                request.method, request.url, request.version, request.headers, request.body,
-                respond=functools.partial(self._relayed, request),
-            )  # fmt: skip
+            offered = self._offer(request)
         except Exception:  # a bug in us: logged, the connection closed, never a hang
-            log.exception("Relaying %s failed", request.url[:100])
+            log.exception("Answering %s failed", request.url[:100])
             self.busy = False
             self.close()
             return
-        if not relayed:
+        if not offered:
             self._worker = self._loop.create_task(self._answer(request))
 
-    def _relayed(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def _offer(self, request: _Request) -> bool:
+        """Whether this request is answered through callbacks, ending in `_respond`; here, never."""
+        return False
+
+    def _respond(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Write the answer to `request`, the one in hand, and go on to the next."""
         self._finished(self._write(request, status, headers, body))
 
     def _finished(self, keep: bool) -> None:
@@ -276,8 +282,9 @@ def _scope(request: _Request) -> dict[str, Any]:
 
 
 class WireServer:
-    def __init__(self, app: App, settings: Settings) -> None:
+    def __init__(self, app: App, settings: Settings, connection: ConnectionType | None = None) -> None:
         self.app = app
+        self._connection: ConnectionType = connection or Connection
         self.body_limit = settings.max_payload_bytes
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -290,7 +297,7 @@ class WireServer:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = await loop.create_server(lambda: Connection(self), sock=sock, backlog=2048)
+        server = await loop.create_server(functools.partial(self._connection, self), sock=sock, backlog=2048)
         await stop.wait()
         await self._drain(server)
         await lifespan.stop()
@@ -333,9 +340,14 @@ class _Lifespan:
             await asyncio.wait_for(self._outbox.get(), timeout=5)
 
 
-def run_wire(sock: socket.socket, settings: Settings, load_service: ServiceFactory) -> int:
+def run_wire(
+    sock: socket.socket, settings: Settings, load_service: ServiceFactory, connection: ConnectionType | None = None
+) -> int:
     """Serve the App on the shared socket until SIGTERM; the worker's exit code."""
     import uvloop
 
     app = App(settings, load_service)
-    return uvloop.run(WireServer(app, settings).serve(sock))
+    return uvloop.run(WireServer(app, settings, connection).serve(sock))
+
+
+ConnectionType = Callable[[WireServer], Connection]

@@ -13,6 +13,7 @@ from sagehost.errors import ConfigError, StartupError
 from sagehost.proxy import adapters, keeper
 from sagehost.proxy.client import Client, Origin
 from sagehost.proxy.health import UpstreamHealth
+from sagehost.proxy.relay import RelayConnection
 from sagehost.proxy.service import ProxyService
 from sagehost.server import bind, report_startup_failure
 from sagehost.service import Service
@@ -37,7 +38,7 @@ def proxy(settings: Settings) -> int:
         return ProxyService(settings, client, health, adapter, hooks)
 
     def work(ready_fd: int) -> int:
-        return run_wire(sock, settings, load_service)
+        return run_wire(sock, settings, load_service, RelayConnection)
 
     sidecar: Callable[[], int] | None = None
     if settings.upstream_cmd:

@@ -17,14 +17,12 @@ from typing import Any
 import numpy as np
 
 from sagehost import codecs
-from sagehost.answers import ATTRIBUTES, Headers, Respond, error_answer, final_headers, reply_headers
+from sagehost.answers import ATTRIBUTES, Headers
 from sagehost.batching import MicroBatcher
 from sagehost.config import Method, Settings
 from sagehost.errors import (
-    InternalError,
     InvalidPayload,
     ModelError,
-    SagehostError,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -81,35 +79,37 @@ class ProxyService:
 
     # ---- transparent ----------------------------------------------------------------------
 
-    def relay(self, query: bytes, version: str, headers: Headers, body: bytes, respond: Respond) -> bool:
-        """Forward as HTTP, with no coroutine, Invocation or Reply: every object and task made per
-        request is CPU taken from the scoring server beside us (issue 4). False with an adapter
-        or hooks, which take the `invoke` path."""
-        if self._adapter is not None or self._hooked:
-            return False
-        forwarded, attributes = _forwarded(headers)
-        done = _Exchange(respond, version, headers, attributes)
-        self._client.send("POST", self._url(query), forwarded, body, timeout=self._settings.timeout_s, done=done)
-        return True
+    @property
+    def relayable(self) -> bool:
+        """Whether requests can go to the upstream untouched (sagehost.proxy.relay): no adapter, no hooks."""
+        return self._adapter is None and not self._hooked
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    @property
+    def timeout_s(self) -> float:
+        return self._settings.timeout_s
 
     async def _forward(self, invocation: Invocation) -> Reply:
         accept = invocation.accept or ""
         body = invocation.body
-        headers, _ = _forwarded(invocation.headers)
+        headers, _ = forwarded(invocation.headers)
         if self._request_hook is not None:
             content_type = invocation.content_type or ""
             body, content_type = _run_hook(self._request_hook, "--adapter-request", body, content_type, accept)
             headers = [(k, v) for k, v in headers if k != b"content-type"] + [(b"content-type", content_type.encode())]
-        url = self._url(invocation.query.encode("latin-1"))
+        url = self.upstream_url(invocation.query.encode("latin-1"))
         response = await self._client.request("POST", url, headers, body, self._settings.timeout_s)
-        answered_type, passed = _passed_back(response.headers)
+        answered_type, passed = passed_back(response.headers)
         answer, answer_type = response.body, answered_type.decode("latin-1")
         if self._response_hook is not None:
             hooked = _run_hook(self._response_hook, "--adapter-response", response.status, answer, answer_type, accept)
             answer, answer_type = hooked
         return Reply(answer, answer_type, status=response.status, headers=tuple(passed))
 
-    def _url(self, query: bytes) -> str:
+    def upstream_url(self, query: bytes) -> str:
         if not query:
             return self._upstream
         return self._upstream + ("&" if "?" in self._upstream else "?") + query.decode("latin-1")
@@ -170,34 +170,7 @@ class ProxyService:
         return scored
 
 
-class _Exchange:
-    """One relayed request's way back: the scoring server's answer, or the error, as the
-    contract's answer. The client calls it once; it is the only object the relay makes per request."""
-
-    __slots__ = ("_attributes", "_request_headers", "_respond", "_version")
-
-    def __init__(self, respond: Respond, version: str, request_headers: Headers, attributes: bytes | None) -> None:
-        self._respond = respond
-        self._version = version
-        self._request_headers = request_headers
-        self._attributes = attributes
-
-    def __call__(self, outcome: Response | SagehostError) -> None:
-        try:
-            if isinstance(outcome, SagehostError):
-                status, headers, body = error_answer(outcome)
-            else:
-                status, body = outcome.status, outcome.body
-                content_type, passed = _passed_back(outcome.headers)
-                headers = reply_headers(content_type, passed, self._attributes)
-        except Exception:  # a bug in us: answered, logged, and the worker lives on
-            log.exception("Relaying the scoring server's answer failed")
-            failed = InternalError("sagehost failed unexpectedly; the server log has the details.")
-            status, headers, body = error_answer(failed)
-        self._respond(status, final_headers(headers, body, self._version, self._request_headers), body)
-
-
-def _forwarded(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
+def forwarded(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
     """The end-to-end headers to pass on, and the custom attributes to echo back."""
     kept: Headers = []
     attributes = None
@@ -210,7 +183,7 @@ def _forwarded(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Headers, bytes |
     return kept, attributes
 
 
-def _passed_back(headers: Headers) -> tuple[bytes, Headers]:
+def passed_back(headers: Headers) -> tuple[bytes, Headers]:
     """The scoring server's Content-Type, and its SageMaker headers to pass back."""
     content_type = b"application/octet-stream"
     passed: Headers = []
