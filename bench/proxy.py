@@ -9,10 +9,10 @@ proxy's CPU per request and how busy the machine was.
 Upstreams: MLflow's scoring server (slow, CPU-heavy) serving a LogisticRegression, and a fast
 one, `sagehost serve` of the demo model, each with 2 workers. The proxies run PROXY_WORKERS
 workers (1, sagehost proxy's default); all of it shares the machine's cores with wrk (-t2 -c40,
-one row per request). Targets are measured in turns, round after round, and each proxied run is
-compared with the direct runs either side of it. Targets (issue 4): with MLflow, the proxy keeps
-≥95% of MLflow's direct requests/s; with the fast upstream, ≥3× the hand-written proxy's
-requests/s. Needs `scripts/setup --bench`.
+one row per request). Targets are measured in turns, round after round (the proxies' order
+turning each round), and each proxied run is compared with the direct runs either side of it.
+Targets (issue 4): with MLflow, the proxy keeps ≥95% of MLflow's direct requests/s; with the
+fast upstream, ≥3× the hand-written proxy's requests/s. Needs `scripts/setup --bench`.
 """
 
 from __future__ import annotations
@@ -215,13 +215,19 @@ def run(names: list[str], proxies: list[str], seconds: int, rounds: int) -> None
                 for target, pid in targets.values():  # warm every path up once
                     measure(target, body, content_type, 2, work, pid=pid)
                 runs: dict[str, list[Run]] = {label: [] for label in targets}
-                for _ in range(rounds):
-                    for label, (target, pid) in targets.items():
+                for turn in range(rounds):
+                    for label in ["direct", *_rotated(proxies, turn)]:  # no proxy always right after direct
+                        target, pid = targets[label]
                         runs[label].append(measure(target, body, content_type, seconds, work, pid=pid))
                 runs["direct"].append(measure(port, body, content_type, seconds, work, pid=None))
             finally:
                 stop(procs)
             report(name, runs)
+
+
+def _rotated(items: list[str], by: int) -> list[str]:
+    shift = by % len(items)
+    return items[shift:] + items[:shift]
 
 
 def report(name: str, runs: dict[str, list[Run]]) -> None:
