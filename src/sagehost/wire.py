@@ -47,7 +47,9 @@ _BAD_REQUEST = (
 )
 
 
-class _Request:
+class Request:
+    """One parsed request, whole; header names lower-cased."""
+
     __slots__ = ("body", "headers", "keep_alive", "method", "url", "version")
 
     def __init__(self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], version: str) -> None:
@@ -68,10 +70,10 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
-        self._current: _Request | None = None
-        self._queue: deque[_Request] = deque()
+        self._current: Request | None = None
+        self._queue: deque[Request] = deque()
         self._worker: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
-        self._answering: _Request | None = None  # requests are answered one at a time, in order
+        self._answering: Request | None = None  # requests are answered one at a time, in order
         self._loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._idle: asyncio.TimerHandle | None = None
         self._quiet_since: float | None = None  # when the last answer went out; None while active
@@ -119,7 +121,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        request = _Request(parser.get_method().decode("ascii"), self._url, self._headers, parser.get_http_version())
+        request = Request(parser.get_method().decode("ascii"), self._url, self._headers, parser.get_http_version())
         request.keep_alive = parser.should_keep_alive()
         self._current = request
         if (b"expect", b"100-continue") in self._headers and self._transport is not None:
@@ -169,11 +171,11 @@ class Connection(asyncio.Protocol):
         if not offered:
             self._worker = self._loop.create_task(self._answer(request))
 
-    def _offer(self, request: _Request) -> bool:
+    def _offer(self, request: Request) -> bool:
         """Whether this request is answered through callbacks, ending in `_respond`; here, never."""
         return False
 
-    def _respond(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def _respond(self, request: Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Write the answer to `request`, the one in hand, and go on to the next."""
         self._finished(self._write(request, status, headers, body))
 
@@ -184,7 +186,7 @@ class Connection(asyncio.Protocol):
             self.busy = False
             self.close()
 
-    async def _answer(self, request: _Request) -> None:
+    async def _answer(self, request: Request) -> None:
         """Run the App for one request in this task, write its answer, go on to the next."""
         response = _Response()
         try:
@@ -195,7 +197,7 @@ class Connection(asyncio.Protocol):
             return
         self._finished(self._write(request, response.status, response.headers, b"".join(response.body)))
 
-    def _write(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+    def _write(self, request: Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
         """Write one answer; whether the connection stays open for the next request."""
         transport = self._transport
         if transport is None:
@@ -262,7 +264,7 @@ class _Response:
             self.body.append(message.get("body", b""))
 
 
-def _scope(request: _Request) -> dict[str, Any]:
+def _scope(request: Request) -> dict[str, Any]:
     raw_path, _, query = request.url.partition(b"?")
     path = raw_path.decode("latin-1")
     return {

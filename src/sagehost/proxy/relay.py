@@ -4,13 +4,13 @@ and its answer straight back, in as few steps as Python allows.
 Beside a CPU-bound scoring server on the same cores, a proxy's cost is less its instructions than
 how much it touches per request: after the scoring server has run, every function, object and
 module the proxy reaches is a cache miss. Through the App, the proxy service and back, a request
-touched about forty functions in six modules, and kept 93.5% of MLflow's direct requests/s where
-a featureless relay kept 97% (bench/proxy.py, issue 4). Here a request goes from the parsed
-request to the pooled client and back into the connection, with no object between them but the
-client's call. The rules are the same ones, shared: hop-by-hop headers dropped, SageMaker's
-headers passed back, custom attributes echoed (sagehost.answers), errors as the App writes them.
-Anything else (/ping, other routes, bodies over the limit, a proxy with an adapter or hooks)
-goes to the App as before.
+touched about forty functions in six modules, and the proxy kept a few points less of MLflow's
+direct requests/s than a featureless relay or nginx (bench/README.md, issue 4). Here a request
+goes from the parsed request to the pooled client and back into the connection, with nothing
+between them but the client's call. The rules are the same ones, shared: hop-by-hop headers
+dropped, SageMaker's headers passed back, custom attributes echoed (sagehost.answers), errors as
+the App writes them. Anything else (/ping, other routes, bodies over the limit, a proxy with an
+adapter or hooks) goes to the App as before.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sagehost.answers import error_answer, final_headers, reply_headers
 from sagehost.errors import InternalError, SagehostError
 from sagehost.proxy.client import Response
 from sagehost.proxy.service import ProxyService, forwarded, passed_back
-from sagehost.wire import Connection, WireServer, _Request
+from sagehost.wire import Connection, Request, WireServer
 
 log = logging.getLogger("sagehost.proxy")
 _FAILED = "sagehost failed unexpectedly; the server log has the details."
@@ -35,7 +35,7 @@ class RelayConnection(Connection):
         self._attributes: bytes | None = None
         self._answered = self._answer_with  # bound once: the client calls it for every request
 
-    def _offer(self, request: _Request) -> bool:
+    def _offer(self, request: Request) -> bool:
         service = self._service
         if service is None or request.method != "POST" or len(request.body) > self._server.body_limit:
             return False
