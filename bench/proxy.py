@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from statistics import median_high
 
 import joblib
 from sklearn.datasets import make_classification
@@ -39,7 +39,6 @@ from run import BENCH, VENV_BIN, WORKERS, free_port, save_for_mlflow, spawn, sto
 PROXY_WORKERS = int(os.environ.get("PROXY_WORKERS", "1"))  # sagehost proxy's default; set 2 to compare
 DEMO = BENCH.parent / "examples" / "demo" / "model"
 Procs = list[subprocess.Popen[bytes]]
-T = TypeVar("T")
 
 
 def mlflow_upstream(work: Path) -> tuple[Procs, int, str, str, str]:
@@ -233,27 +232,23 @@ def _rotated(items: list[str], by: int) -> list[str]:
 def report(name: str, runs: dict[str, list[Run]]) -> None:
     """Medians of the rounds; then each proxied run against the mean of the direct runs just
     before and after it (runs seconds apart share the machine's drift), and the median of that."""
-    medians = {label: median(figures) for label, figures in runs.items()}
+    medians = {label: median_high(figures) for label, figures in runs.items()}
     for label, m in medians.items():
         cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request" if m.cpu_us else ""
         line = f"{name:6} {label:15} {m.rps:9.0f} req/s  p99 {m.p99:8.2f} ms  errors {m.errors}  machine busy"
-        print(f"{line} {median([r.busy for r in runs[label]]):4.0%}{cpu}", flush=True)
+        print(f"{line} {median_high([r.busy for r in runs[label]]):4.0%}{cpu}", flush=True)
     direct = runs["direct"]
     for label in [label for label in runs if label != "direct"]:
         ratio = medians[label].rps / medians["direct"].rps
         brackets = zip(runs[label], direct[:-1], direct[1:], strict=True)
         paired = sorted(r.rps / ((before.rps + after.rps) / 2) for r, before, after in brackets)
         rounds = ", ".join(f"{r:.1%}" for r in paired)
-        print(f"{name:6} {label} / direct: {ratio:.1%} as medians; by round, median {median(paired):.1%} ({rounds})")
+        by_round = median_high(paired)
+        print(f"{name:6} {label} / direct: {ratio:.1%} as medians; by round, median {by_round:.1%} ({rounds})")
     if {"sagehost proxy", "Flask proxy"} <= runs.keys():
         times = medians["sagehost proxy"].rps / medians["Flask proxy"].rps
         print(f"{name:6} sagehost proxy / Flask proxy = {times:.1f}x")
     print()
-
-
-def median(values: list[T]) -> T:
-    """The middle value (the upper one of an even count)."""
-    return sorted(values)[len(values) // 2]  # type: ignore[type-var]
 
 
 def main() -> None:

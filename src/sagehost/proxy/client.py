@@ -17,14 +17,13 @@ import functools
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httptools
 
 from sagehost.errors import SagehostError, UpstreamTimeout, UpstreamUnavailable
 
 Headers = list[tuple[bytes, bytes]]
-T = TypeVar("T")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _HEADS_KEPT = 64  # request lines kept made; more only if query strings vary
@@ -311,7 +310,7 @@ class Client:
 
     async def request(self, method: str, url: str, headers: Headers, body: bytes, timeout: float) -> Response:
         waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.send(method, url, headers, body, timeout=timeout, done=functools.partial(settle, waiter))
+        self.send(method, url, headers, body, timeout=timeout, done=functools.partial(_settle, waiter))
         outcome = await waiter
         if isinstance(outcome, SagehostError):
             raise outcome
@@ -322,7 +321,7 @@ class Client:
             pool.close()
 
 
-def settle(waiter: asyncio.Future[T], outcome: T) -> None:
+def _settle(waiter: asyncio.Future[Outcome], outcome: Outcome) -> None:
     """A callback's outcome into an awaited future; errors travel as values, not exceptions."""
     if not waiter.done():  # its awaiter may have been cancelled; the connection is still sound
         waiter.set_result(outcome)
