@@ -1,7 +1,8 @@
 """The proxy's cost, in one run: requests/s and p99 straight to an upstream, through
 `sagehost proxy`, through the hand-written Flask + gunicorn + requests proxy users build, and
 through two references: a featureless Python relay (bench/floor_proxy.py) and nginx, with each
-proxy's CPU per request and how busy the machine was.
+proxy's CPU per request and how busy the machine was. `sagehost proxy --no-yield-cpu` and
+`nginx proxy (SCHED_BATCH)` show what the workers' scheduling policy does on its own.
 
     .venv/bin/python bench/proxy.py [--seconds 10] [--rounds 3] [--upstreams mlflow,fast]
                                     [--proxies "sagehost proxy,Flask proxy,floor proxy,nginx proxy"]
@@ -39,6 +40,7 @@ from run import BENCH, VENV_BIN, WORKERS, free_port, save_for_mlflow, spawn, sto
 PROXY_WORKERS = int(os.environ.get("PROXY_WORKERS", "1"))  # sagehost proxy's default; set 2 to compare
 DEMO = BENCH.parent / "examples" / "demo" / "model"
 Procs = list[subprocess.Popen[bytes]]
+ProxyStarter = Callable[[str, str, Path], tuple[Procs, int]]
 
 
 def mlflow_upstream(work: Path) -> tuple[Procs, int, str, str, str]:
@@ -70,10 +72,10 @@ UPSTREAMS: dict[str, Callable[[Path], tuple[Procs, int, str, str, str]]] = {
 }
 
 
-def sagehost_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
+def sagehost_proxy(upstream: str, health: str, work: Path, *flags: str) -> tuple[Procs, int]:
     port = free_port()
     cmd = [str(VENV_BIN / "sagehost"), "proxy", "--upstream", upstream, "--upstream-health", health,
-           "--port", str(port), "--host", "127.0.0.1"]  # fmt: skip
+           "--port", str(port), "--host", "127.0.0.1", *flags]  # fmt: skip
     env = {**os.environ, "SAGEHOST_WORKERS": str(PROXY_WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING"}
     return [spawn(cmd, env, work / "proxy.log")], port
 
@@ -136,11 +138,32 @@ http {{
 }}
 """
 
-PROXIES: dict[str, Callable[[str, str, Path], tuple[Procs, int]]] = {
+
+def yielding(start: ProxyStarter) -> ProxyStarter:
+    """A reference proxy under SCHED_BATCH, as `sagehost proxy` runs its workers by default
+    (sagehost.proxy.scheduling): the policy's own effect, apart from sagehost's code."""
+
+    def start_yielding(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # the proxy started now inherits it
+        try:
+            return start(upstream, health, work)
+        finally:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+    return start_yielding
+
+
+def sagehost_proxy_not_yielding(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
+    return sagehost_proxy(upstream, health, work, "--no-yield-cpu")
+
+
+PROXIES: dict[str, ProxyStarter] = {
     "sagehost proxy": sagehost_proxy,
+    "sagehost proxy --no-yield-cpu": sagehost_proxy_not_yielding,
     "Flask proxy": flask_proxy,
     "floor proxy": floor_proxy,
     "nginx proxy": nginx_proxy,
+    "nginx proxy (SCHED_BATCH)": yielding(nginx_proxy),
 }
 PINGLESS = {"floor proxy"}
 

@@ -103,6 +103,11 @@ def serve(max_payload_mb: int | None, **flags: Any) -> None:
 @click.option("--adapter-response", help="module:function for response bodies [SAGEHOST_ADAPTER_RESPONSE].")
 @click.option("--upstream-columns", help="Names for headerless rows, a,b,c [SAGEHOST_UPSTREAM_COLUMNS].")
 @click.option("--upstream-scratch", type=click.Path(path_type=Path), help="Its temp dir [SAGEHOST_UPSTREAM_SCRATCH].")
+@click.option(
+    "--yield-cpu/--no-yield-cpu",
+    default=None,
+    help="Workers yield the CPU to the scoring server, Linux SCHED_BATCH [SAGEHOST_YIELD_CPU; on].",
+)
 @_listening("SAGEHOST_WORKERS; 1")
 @click.option("--timeout", "timeout_s", type=float, help="Upstream timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
 @click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
@@ -115,7 +120,8 @@ def proxy(max_payload_mb: int | None, upstream_columns: str | None, **flags: Any
         flags["upstream_columns"] = tuple(c.strip() for c in upstream_columns.split(",") if c.strip())
     if flags.get("workers") is None:
         # One event loop forwards thousands of requests a second; more workers would only take CPU
-        # from the scoring server beside us (bench/proxy.py: 92.8% of direct with 1, 88.5% with 2).
+        # from the scoring server beside us (bench/README.md: beside MLflow, one kept 95% of its
+        # direct requests/s and two 77%).
         flags["workers"] = int(os.environ.get("SAGEHOST_WORKERS", "1"))
     settings = _settings(**flags)
     _logging(settings.log_level)

@@ -89,6 +89,8 @@ class Settings:
     """Field names for headerless rows sent to an adapter."""
     upstream_scratch: Path | None = None
     """The scoring server's writable temp dir (TMPDIR, java.io.tmpdir); default `<scratch>/upstream`."""
+    yield_cpu: bool = True
+    """Proxy workers yield the CPU to the scoring server on the same cores (Linux SCHED_BATCH)."""
     safe_port_range: tuple[int, int] | None = None
     """`SAGEMAKER_SAFE_PORT_RANGE`: the ports a container may use besides its contract port."""
     channel: str = "training"
@@ -270,6 +272,7 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("adapter_response", ("SAGEHOST_ADAPTER_RESPONSE",), _str),
     ("upstream_columns", ("SAGEHOST_UPSTREAM_COLUMNS",), _names),
     ("upstream_scratch", ("SAGEHOST_UPSTREAM_SCRATCH",), _path),
+    ("yield_cpu", ("SAGEHOST_YIELD_CPU",), _bool),
     ("safe_port_range", ("SAGEMAKER_SAFE_PORT_RANGE",), _port_range),
 )
 

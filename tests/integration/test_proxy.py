@@ -110,8 +110,7 @@ def test_upstream_killed_mid_run_is_503_and_502_then_restarted(tmp_path: Path) -
     server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", fake("echo", port),
                    "--upstream-health", "/health")  # fmt: skip
     try:
-        pid = int(next(line for line in server.log.splitlines() if "fake echo scorer" in line).rsplit("pid ", 1)[1])
-        os.kill(pid, signal.SIGKILL)
+        os.kill(scorer_pid(server), signal.SIGKILL)
         deadline = time.monotonic() + 1.5
         statuses = set()
         while time.monotonic() < deadline:  # nothing hangs: every call is answered within its timeout
@@ -134,6 +133,44 @@ def test_an_upstream_that_cannot_be_kept_up_stops_the_proxy(tmp_path: Path) -> N
     server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", "false", wait=False)
     assert server.process.wait(timeout=60) == 1
     assert "giving up" in server.log
+
+
+def scorer_pid(server: Server) -> int:
+    return int(next(line for line in server.log.splitlines() if "fake echo scorer" in line).rsplit("pid ", 1)[1])
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def children_of(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "policy"),
+    [
+        ((), {}, os.SCHED_BATCH),
+        (("--no-yield-cpu",), {}, os.SCHED_OTHER),
+        ((), {"SAGEHOST_YIELD_CPU": "false"}, os.SCHED_OTHER),
+    ],
+)
+def test_the_workers_yield_the_cpu_and_the_scoring_server_keeps_the_default(
+    tmp_path: Path, flag: tuple[str, ...], env: dict[str, str], policy: int
+) -> None:
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/x", "--upstream-cmd", fake("echo", port),
+                   "--upstream-health", "/health", *flag, env=env)  # fmt: skip
+    try:
+        scorer = scorer_pid(server)
+        workers = children_of(server.process.pid) - {parent_of(scorer)}  # the keeper is the scorer's parent
+        assert len(workers) == 2
+        assert {os.sched_getscheduler(pid) for pid in workers} == {policy}
+        assert os.sched_getscheduler(scorer) == os.SCHED_OTHER
+        assert os.sched_getscheduler(parent_of(scorer)) == os.SCHED_OTHER
+        assert server.client.post("/invocations", content=b"1").status_code == 200
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(

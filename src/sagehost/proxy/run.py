@@ -10,7 +10,7 @@ from collections.abc import Callable
 from sagehost import supervisor
 from sagehost.config import Settings
 from sagehost.errors import ConfigError, StartupError
-from sagehost.proxy import adapters, keeper
+from sagehost.proxy import adapters, keeper, scheduling
 from sagehost.proxy.client import Client, Origin
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.proxy.relay import RelayConnection
@@ -38,6 +38,8 @@ def proxy(settings: Settings) -> int:
         return ProxyService(settings, client, health, adapter, hooks)
 
     def work(ready_fd: int) -> int:
+        if settings.yield_cpu:
+            scheduling.yield_cpu()
         return run_wire(sock, settings, load_service, RelayConnection)
 
     sidecar: Callable[[], int] | None = None
