@@ -6,12 +6,14 @@ proxy's CPU per request and how busy the machine was. `sagehost proxy --no-yield
 
     .venv/bin/python bench/proxy.py [--seconds 10] [--rounds 3] [--upstreams mlflow,fast]
                                     [--proxies "sagehost proxy,Flask proxy,floor proxy,nginx proxy"]
+                                    [--connections 40]
 
 Upstreams: MLflow's scoring server (slow, CPU-heavy) serving a LogisticRegression, and a fast
 one, `sagehost serve` of the demo model, each with 2 workers. The proxies run PROXY_WORKERS
-workers (1, sagehost proxy's default); all of it shares the machine's cores with wrk (-t2 -c40,
-one row per request). Targets are measured in turns, round after round (the proxies' order
-turning each round), and each proxied run is compared with the direct runs either side of it.
+workers (1, sagehost proxy's default); all of it shares the machine's cores with wrk (-t2 -c40
+unless told, one row per request). Targets are measured in turns, round after round (the
+proxies' order turning each round), and each proxied run is compared with the direct runs
+either side of it.
 Targets (issue 4): with MLflow, the proxy keeps ≥95% of MLflow's direct requests/s; with the
 fast upstream, ≥3× the hand-written proxy's requests/s. Needs `scripts/setup --bench`.
 """
@@ -27,9 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from statistics import median_high
+from statistics import mean, median_high, stdev
 
 import joblib
 from sklearn.datasets import make_classification
@@ -171,6 +173,7 @@ PINGLESS = {"floor proxy"}
 @dataclass(frozen=True, order=True)
 class Run:
     rps: float
+    p50: float
     p99: float
     errors: int
     cpu_us: float
@@ -179,12 +182,23 @@ class Run:
     """The share of the machine's CPU time that was busy during the run."""
 
 
-def measure(port: int, body: str, content_type: str, seconds: int, work: Path, *, pid: int | None) -> Run:
+def measure(port: int, load: Load, seconds: int, *, pid: int | None) -> Run:
     url = f"http://127.0.0.1:{port}/invocations"
     before, machine_before = cpu_seconds(pid), machine_ticks()
-    rps, _, p99, errors = wrk(url, body, content_type, seconds, work)
+    rps, p50, p99, errors = wrk(url, load.body, load.content_type, seconds, load.work, connections=load.connections)
     busy, total = (after - start for after, start in zip(machine_ticks(), machine_before, strict=True))
-    return Run(rps, p99, errors, (cpu_seconds(pid) - before) / (rps * seconds) * 1e6, busy / max(total, 1))
+    cpu_us = (cpu_seconds(pid) - before) / (rps * seconds) * 1e6
+    return Run(rps, p50, p99, errors, cpu_us, busy / max(total, 1))
+
+
+@dataclass(frozen=True)
+class Load:
+    """What wrk sends, and over how many connections."""
+
+    body: str
+    content_type: str
+    connections: int
+    work: Path
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -216,7 +230,7 @@ def cpu_seconds(root: int | None) -> float:
     return sum(ticks.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
 
 
-def run(names: list[str], proxies: list[str], seconds: int, rounds: int) -> None:
+def run(names: list[str], proxies: list[str], seconds: int, rounds: int, connections: int) -> None:
     """All targets run side by side and are measured in turns, `rounds` times, with one more
     direct run at the end: a slow, CPU-bound upstream drifts by more between runs than the
     difference being measured, so each proxied run is compared with the direct runs either side."""
@@ -234,14 +248,15 @@ def run(names: list[str], proxies: list[str], seconds: int, rounds: int) -> None
                     targets[label] = (proxy_port, proxy_procs[0].pid)
                     if label not in PINGLESS:
                         wait_ready(f"http://127.0.0.1:{proxy_port}/ping", proxy_procs[0])
+                load = Load(body, content_type, connections, work)
                 for target, pid in targets.values():  # warm every path up once
-                    measure(target, body, content_type, 2, work, pid=pid)
+                    measure(target, load, 2, pid=pid)
                 runs: dict[str, list[Run]] = {label: [] for label in targets}
                 for turn in range(rounds):
                     for label in ["direct", *_rotated(proxies, turn)]:  # no proxy always right after direct
                         target, pid = targets[label]
-                        runs[label].append(measure(target, body, content_type, seconds, work, pid=pid))
-                runs["direct"].append(measure(port, body, content_type, seconds, work, pid=None))
+                        runs[label].append(measure(target, load, seconds, pid=pid))
+                runs["direct"].append(measure(port, load, seconds, pid=None))
             finally:
                 stop(procs)
             report(name, runs)
@@ -253,21 +268,25 @@ def _rotated(items: list[str], by: int) -> list[str]:
 
 
 def report(name: str, runs: dict[str, list[Run]]) -> None:
-    """Medians of the rounds; then each proxied run against the mean of the direct runs just
-    before and after it (runs seconds apart share the machine's drift), and the median of that."""
+    """Medians of the rounds, each figure on its own; then each proxied run against the mean of
+    the direct runs just before and after it (runs seconds apart share the machine's drift), and
+    the median and mean of that."""
     medians = {label: median_high(figures) for label, figures in runs.items()}
-    for label, m in medians.items():
+    for label, figures in runs.items():
+        m = Run(*(median_high(values) for values in zip(*(astuple(r) for r in figures), strict=True)))
         cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request" if m.cpu_us else ""
-        line = f"{name:6} {label:15} {m.rps:9.0f} req/s  p99 {m.p99:8.2f} ms  errors {m.errors}  machine busy"
-        print(f"{line} {median_high([r.busy for r in runs[label]]):4.0%}{cpu}", flush=True)
+        latency = f"p50 {m.p50:7.2f} ms  p99 {m.p99:8.2f} ms"
+        line = f"{name:6} {label:15} {m.rps:9.0f} req/s  {latency}  errors {m.errors}  machine busy"
+        print(f"{line} {m.busy:4.0%}{cpu}", flush=True)
     direct = runs["direct"]
     for label in [label for label in runs if label != "direct"]:
         ratio = medians[label].rps / medians["direct"].rps
         brackets = zip(runs[label], direct[:-1], direct[1:], strict=True)
         paired = sorted(r.rps / ((before.rps + after.rps) / 2) for r, before, after in brackets)
         rounds = ", ".join(f"{r:.1%}" for r in paired)
-        by_round = median_high(paired)
-        print(f"{name:6} {label} / direct: {ratio:.1%} as medians; by round, median {by_round:.1%} ({rounds})")
+        error = f", mean {mean(paired):.1%} ± {stdev(paired) / len(paired) ** 0.5:.1%} (standard error)"
+        by_round = f"median {median_high(paired):.1%}{error if len(paired) > 1 else ''}"
+        print(f"{name:6} {label} / direct: {ratio:.1%} as medians; by round, {by_round} ({rounds})")
     if {"sagehost proxy", "Flask proxy"} <= runs.keys():
         times = medians["sagehost proxy"].rps / medians["Flask proxy"].rps
         print(f"{name:6} sagehost proxy / Flask proxy = {times:.1f}x")
@@ -280,15 +299,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--upstreams", default="mlflow,fast")
     parser.add_argument("--proxies", default=",".join(PROXIES), help="a comma-separated subset of: %(default)s")
+    parser.add_argument("--connections", type=int, default=40, help="wrk's connections (-c); its threads: up to 2")
     args = parser.parse_args()
     proxies = args.proxies.split(",")
     if unknown := set(proxies) - PROXIES.keys():
         parser.error(f"unknown proxies: {', '.join(sorted(unknown))}")
     print(
-        f"{os.cpu_count()} cores, upstream {WORKERS} workers, proxies {PROXY_WORKERS}; wrk -t2 -c40, one row per "
-        f"request; median of {args.rounds} interleaved runs\n"
+        f"{os.cpu_count()} cores, upstream {WORKERS} workers, proxies {PROXY_WORKERS}; wrk "
+        f"-t{min(2, args.connections)} -c{args.connections}, one row per request; median of {args.rounds} "
+        "interleaved runs\n"
     )
-    run(args.upstreams.split(","), proxies, args.seconds, args.rounds)
+    run(args.upstreams.split(","), proxies, args.seconds, args.rounds, args.connections)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,9 @@ def tree_rss_mb(procs: list[subprocess.Popen[bytes]]) -> float:
     return total_kb / 1024
 
 
-def wrk(url: str, body: str, content_type: str, seconds: int, work: Path) -> tuple[float, float, float, int]:
+def wrk(
+    url: str, body: str, content_type: str, seconds: int, work: Path, *, connections: int = 40
+) -> tuple[float, float, float, int]:
     script = work / "post.lua"
     script.write_text(
         # A level-3 long bracket: JSON rows end in "]]", which would close a plain [[...]] string.
@@ -289,7 +291,7 @@ def wrk(url: str, body: str, content_type: str, seconds: int, work: Path) -> tup
         "function response(status, headers, body) if status ~= 200 then errors = (errors or 0) + 1 end end\n"
     )
     out = subprocess.run(
-        ["wrk", "-t2", "-c40", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         timeout=seconds + 30,

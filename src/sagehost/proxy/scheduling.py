@@ -6,8 +6,8 @@ request's worth of Python on cold caches, and sleeps again. A SCHED_BATCH worker
 on waking: while the cores are busy it runs when the running task's slice ends, and then finds
 several requests ready at once; on an idle core it runs at once, as before. Its share of the CPU
 is the same (nice 0); what changes is fewer switches and cache refills per request. Beside MLflow
-the proxy's CPU per request fell by about a third, and with a fast upstream its requests/s rose by
-a sixth, with no loss of latency at one connection (bench/README.md, issue 4).
+the proxy's CPU per request fell by a quarter to a third, and with a fast upstream its requests/s
+rose by 12%, with no added latency at one connection (bench/README.md, issue 4).
 
 Only the workers change: the scoring server runs under its own keeper, which keeps the default.
 """
