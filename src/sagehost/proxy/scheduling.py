@@ -20,8 +20,8 @@ import os
 log = logging.getLogger("sagehost.proxy")
 
 
-def yield_cpu() -> bool:
-    """Put this worker (and the threads it starts) under SCHED_BATCH; whether it worked."""
+def yield_cpu() -> None:
+    """Put this worker (and the threads it starts) under SCHED_BATCH, or say why not and go on."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError) as exc:  # not Linux, or a seccomp profile that forbids it
@@ -30,5 +30,3 @@ def yield_cpu() -> bool:
             "costs the scoring server a little more CPU. Set SAGEHOST_YIELD_CPU=false to skip this.",
             exc,
         )
-        return False
-    return True
