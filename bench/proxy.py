@@ -211,8 +211,11 @@ def machine_ticks() -> tuple[int, int]:
 
 def cpu_seconds(root: int | None) -> float:
     """User + system CPU of a process and all its descendants, from /proc."""
-    if root is None:
-        return 0.0
+    return 0.0 if root is None else sum(family_ticks(root).values()) / os.sysconf("SC_CLK_TCK")
+
+
+def family_ticks(root: int) -> dict[int, int]:
+    """User + system CPU ticks of a process and of each of its descendants, by pid, from /proc."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -227,7 +230,7 @@ def cpu_seconds(root: int | None) -> float:
         children = {pid for pid, parent in parents.items() if parent in family} - family
         family |= children
         grew = bool(children)
-    return sum(ticks.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
+    return {pid: ticks[pid] for pid in family if pid in ticks}
 
 
 def run(names: list[str], proxies: list[str], seconds: int, rounds: int, connections: int) -> None:

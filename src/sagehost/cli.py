@@ -104,6 +104,11 @@ def serve(max_payload_mb: int | None, **flags: Any) -> None:
 @click.option("--upstream-columns", help="Names for headerless rows, a,b,c [SAGEHOST_UPSTREAM_COLUMNS].")
 @click.option("--upstream-scratch", type=click.Path(path_type=Path), help="Its temp dir [SAGEHOST_UPSTREAM_SCRATCH].")
 @click.option(
+    "--upstream-max-connection-age",
+    type=click.FloatRange(min=0),
+    help="Seconds before a pooled connection is replaced; 0 never [SAGEHOST_UPSTREAM_MAX_CONNECTION_AGE; 1].",
+)
+@click.option(
     "--yield-cpu/--no-yield-cpu",
     default=None,
     help="Workers yield the CPU to the scoring server, Linux SCHED_BATCH [SAGEHOST_YIELD_CPU; on].",

@@ -89,6 +89,9 @@ class Settings:
     """Field names for headerless rows sent to an adapter."""
     upstream_scratch: Path | None = None
     """The scoring server's writable temp dir (TMPDIR, java.io.tmpdir); default `<scratch>/upstream`."""
+    upstream_max_connection_age: float = 1.0
+    """Seconds a pooled upstream connection is reused before it is replaced, so every worker of
+    the scoring server keeps getting connections; 0: reused for as long as the upstream keeps it."""
     yield_cpu: bool = True
     """Proxy workers yield the CPU to the scoring server on the same cores (Linux SCHED_BATCH)."""
     safe_port_range: tuple[int, int] | None = None
@@ -272,6 +275,7 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("adapter_response", ("SAGEHOST_ADAPTER_RESPONSE",), _str),
     ("upstream_columns", ("SAGEHOST_UPSTREAM_COLUMNS",), _names),
     ("upstream_scratch", ("SAGEHOST_UPSTREAM_SCRATCH",), _path),
+    ("upstream_max_connection_age", ("SAGEHOST_UPSTREAM_MAX_CONNECTION_AGE",), _float),
     ("yield_cpu", ("SAGEHOST_YIELD_CPU",), _bool),
     ("safe_port_range", ("SAGEMAKER_SAFE_PORT_RANGE",), _port_range),
 )

@@ -1,13 +1,16 @@
 """Scoring servers shaped like the vendors' APIs, written from their public descriptions (the
 vendors' binaries are not available here), to test the proxy's adapters against.
 
-    python fake_scorers.py KIND PORT      KIND: scr | h2o | echo
+    python fake_scorers.py KIND PORT      KIND: scr | h2o | echo | workers
 
 - scr: SAS Container Runtime — POST /<module> {"inputs": [{"name", "value"}, …]} ->
   {"version": 1, "metadata": {…}, "data": {"P_fraud1": p, "I_fraud": "0"|"1"}}.
 - h2o: H2O's REST scorer — POST /model/score {"fields": […], "rows": [[…]]} ->
   {"id": …, "fields": ["fraud.0", "fraud.1"], "score": [[…]]}; values are text.
-- echo: answers what it got. Both also serve GET /health, GET /stats (calls so far), GET /env
+- echo: answers what it got.
+- workers: echo in two processes on one listening socket, as uvicorn's and gunicorn's workers
+  run; POST /pid answers which process served it (after `?hold=` seconds).
+All of them also serve GET /health, GET /stats (calls so far), GET /env
   (TMPDIR, JAVA_TOOL_OPTIONS, cwd), POST /slow (sleeps 3 s) and POST /old (307 to the path in
   ?to=).
 """
@@ -50,7 +53,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         parts = urllib.parse.urlsplit(self.path)
-        if parts.path == "/slow":
+        if parts.path == "/pid":
+            time.sleep(float(urllib.parse.parse_qs(parts.query).get("hold", ["0"])[0]))
+            self._send(200, {"pid": os.getpid()})
+        elif parts.path == "/slow":
             time.sleep(3)
             self._send(200, {"late": True})
         elif parts.path == "/old":
@@ -114,6 +120,8 @@ def main() -> None:
     Handler.kind = kind
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
+    if kind == "workers":
+        os.fork()  # both processes serve the one socket; the keeper stops their process group
     print(f"fake {kind} scorer on {port}, pid {os.getpid()}", flush=True)
     server.serve_forever()
 

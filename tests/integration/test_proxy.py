@@ -398,3 +398,59 @@ def test_the_proxys_http_server_speaks_http_1_1(echo: tuple[Server, int]) -> Non
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
     assert server.client.get("/nope").status_code == 404
     assert server.client.get("/invocations").status_code == 405
+
+
+# ---- an upstream with several worker processes on one socket ---------------------------------
+
+
+def scorer_pids(server: Server) -> list[int]:
+    return [int(line.rsplit("pid ", 1)[1]) for line in server.log.splitlines() if "fake workers scorer" in line]
+
+
+def served_by(server: Server, requests: int) -> set[int]:
+    """Which upstream processes answered `requests` requests at once (each held long enough that
+    they overlap, so the proxy's pool holds as many connections and reuses them all)."""
+
+    def ask(_: int) -> int:
+        return int(httpx.post(server.url + "/invocations", content=b"1", timeout=10).json()["pid"])
+
+    with concurrent.futures.ThreadPoolExecutor(requests) as pool:
+        return set(pool.map(ask, range(requests)))
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "spreads"),
+    [
+        ((), {}, True),  # replaced once 1 s old
+        (("--upstream-max-connection-age", "0"), {}, False),
+        ((), {"SAGEHOST_UPSTREAM_MAX_CONNECTION_AGE": "0"}, False),
+    ],
+)
+def test_a_pool_filled_while_one_upstream_worker_was_stopped_spreads_again(
+    tmp_path: Path, flag: tuple[str, ...], env: dict[str, str], spreads: bool
+) -> None:
+    """Each connection stays with the upstream process that accepted it: replacing pooled
+    connections as they age is what lets a worker that was busy when the pool filled get work."""
+    port = free_port()
+    upstream = f"http://127.0.0.1:{port}/pid?hold=0.1"
+    server = proxy(tmp_path, "--upstream", upstream, "--upstream-cmd", fake("workers", port), *flag,
+                   env={"SAGEHOST_WORKERS": "1", **env})  # fmt: skip
+    first, second = 0, 0
+    try:
+        deadline = time.monotonic() + 10
+        while len(pids := scorer_pids(server)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first, second = pids
+        os.kill(second, signal.SIGSTOP)
+        assert set().union(*(served_by(server, 8) for _ in range(3))) == {first}  # the pool, all in `first`
+        os.kill(second, signal.SIGCONT)
+        seen: set[int] = set()
+        deadline = time.monotonic() + 3
+        while second not in seen and time.monotonic() < deadline:
+            seen |= served_by(server, 8)
+            time.sleep(0.05)
+        assert (second in seen) is spreads
+    finally:
+        if second:
+            os.kill(second, signal.SIGCONT)
+        assert server.stop() == 0

@@ -7,6 +7,16 @@ callbacks: `Client.send` writes the request on a pooled connection and calls `do
 the response or the error, with no task, future or timer made per request. `Client.request` is
 the same thing awaited. Connections are kept and reused; one that the upstream closed while idle is
 replaced and the request retried once, since it never reached the server.
+
+Connections are replaced once they are `max_age` seconds old. A scoring server with several
+worker processes on one listening socket (uvicorn, gunicorn, MLflow's) serves each connection in
+the worker that accepted it, and a pool filled while one worker was busy can hold all its
+connections in another: that worker then sits idle for as long as the pool lives, which under
+steady traffic is forever. New connections are accepted by whichever worker is idle, so
+replacing old ones spreads the load again within `max_age` (gRPC's MAX_CONNECTION_AGE exists
+for the same reason). Beside MLflow, a pool filled while one of its two workers was stopped kept
+that worker idle once resumed, and the proxy at about half its requests/s; replacing connections
+after 1 s had it busy from the first second (bench/proxy_rebalance.py, issue 4).
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import math
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +87,8 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self.open = False
         self.keep_alive = True
+        self.retire_at = math.inf
+        """When the pool replaces it rather than reuse it (loop time)."""
 
     def send(self, raw: bytes, timeout: float, done: Callable[[Response | Exception], None]) -> None:
         self._done = done
@@ -147,13 +160,17 @@ class _Connection(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to one origin, at most `size` kept idle."""
+    """Keep-alive connections to one origin, at most `size` kept idle, each reused until it is
+    `max_age` seconds old."""
 
-    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop, size: int = 64) -> None:
+    def __init__(
+        self, origin: Origin, loop: asyncio.AbstractEventLoop, size: int = 64, max_age: float = math.inf
+    ) -> None:
         self.origin = origin
         self.loop = loop
         self._idle: collections.deque[_Connection] = collections.deque()
         self._size = size
+        self._max_age = max_age
         self._host_header = f"{origin.host}:{origin.port}".encode()
         self._heads: dict[tuple[str, str], bytes] = {}
 
@@ -169,10 +186,11 @@ class Pool:
         protocol = functools.partial(_Connection, self.loop)
         connecting = self.loop.create_connection(protocol, self.origin.host, self.origin.port)
         _, conn = await asyncio.wait_for(connecting, timeout)
+        conn.retire_at = self.loop.time() + self._max_age
         return conn
 
     def give_back(self, conn: _Connection) -> None:
-        if conn.open and conn.keep_alive and len(self._idle) < self._size:
+        if conn.open and conn.keep_alive and len(self._idle) < self._size and self.loop.time() < conn.retire_at:
             self._idle.append(conn)
         else:
             conn.close()
@@ -286,7 +304,10 @@ class _Call:
 class Client:
     """Pools per origin. Use from the event loop's thread only."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_connection_age: float = 0.0) -> None:
+        """`max_connection_age`: seconds a connection is reused before it is replaced; 0: for as
+        long as the upstream keeps it open."""
+        self._max_age = max_connection_age if max_connection_age > 0 else math.inf
         self._pools: dict[Origin, Pool] = {}
         self._routes: dict[str, tuple[Pool, str]] = {}
 
@@ -298,7 +319,7 @@ class Client:
             origin, target = _split(url)
             pool = self._pools.get(origin)
             if pool is None:
-                pool = self._pools[origin] = Pool(origin, asyncio.get_running_loop())
+                pool = self._pools[origin] = Pool(origin, asyncio.get_running_loop(), max_age=self._max_age)
             route = (pool, target)
             if len(self._routes) < _ROUTES_KEPT:
                 self._routes[url] = route

@@ -33,7 +33,7 @@ def proxy(settings: Settings) -> int:
         return 1
 
     async def load_service() -> Service:
-        client = Client()
+        client = Client(settings.upstream_max_connection_age)
         health = UpstreamHealth(client, upstream, settings.upstream_health)
         return ProxyService(settings, client, health, adapter, hooks)
 
