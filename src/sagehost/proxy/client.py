@@ -12,11 +12,12 @@ Connections are replaced once they are `max_age` seconds old. A scoring server w
 worker processes on one listening socket (uvicorn, gunicorn, MLflow's) serves each connection in
 the worker that accepted it, and a pool filled while one worker was busy can hold all its
 connections in another: that worker then sits idle for as long as the pool lives, which under
-steady traffic is forever. New connections are accepted by whichever worker is idle, so
-replacing old ones spreads the load again within `max_age` (gRPC's MAX_CONNECTION_AGE exists
-for the same reason). Beside MLflow, a pool filled while one of its two workers was stopped kept
-that worker idle once resumed, and the proxy at about half its requests/s; replacing connections
-after 1 s had it busy from the first second (bench/proxy_rebalance.py, issue 4).
+steady traffic is forever. A new connection goes to the first worker to accept it, most often
+one with nothing to do, so replacing old ones spreads the load again within `max_age` (gRPC's
+MAX_CONNECTION_AGE exists for the same reason). Beside MLflow, a pool filled while one of its
+two workers was stopped kept that worker idle once resumed, and the proxy at about half its
+requests/s; replacing connections after 1 s had it busy from the first second
+(bench/proxy_rebalance.py, issue 4).
 """
 
 from __future__ import annotations
