@@ -6,7 +6,7 @@ proxy's CPU per request and how busy the machine was. `sagehost proxy --no-yield
 
     .venv/bin/python bench/proxy.py [--seconds 10] [--rounds 3] [--upstreams mlflow,fast]
                                     [--proxies "sagehost proxy,Flask proxy,floor proxy,nginx proxy"]
-                                    [--connections 40]
+                                    [--connections 40] [--cgroup]
 
 Upstreams: MLflow's scoring server (slow, CPU-heavy) serving a LogisticRegression, and a fast
 one, `sagehost serve` of the demo model, each with 2 workers. The proxies run PROXY_WORKERS
@@ -37,6 +37,7 @@ import joblib
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
+from cgroup import autogroup_enabled, own_cgroup
 from run import BENCH, VENV_BIN, WORKERS, free_port, save_for_mlflow, spawn, stop, wait_ready, wrk
 
 PROXY_WORKERS = int(os.environ.get("PROXY_WORKERS", "1"))  # sagehost proxy's default; set 2 to compare
@@ -303,16 +304,24 @@ def main() -> None:
     parser.add_argument("--upstreams", default="mlflow,fast")
     parser.add_argument("--proxies", default=",".join(PROXIES), help="a comma-separated subset of: %(default)s")
     parser.add_argument("--connections", type=int, default=40, help="wrk's connections (-c); its threads: up to 2")
+    parser.add_argument("--cgroup", action="store_true", help="all in one fresh cpu cgroup, as in a container (root)")
     args = parser.parse_args()
     proxies = args.proxies.split(",")
     if unknown := set(proxies) - PROXIES.keys():
         parser.error(f"unknown proxies: {', '.join(sorted(unknown))}")
-    print(
-        f"{os.cpu_count()} cores, upstream {WORKERS} workers, proxies {PROXY_WORKERS}; wrk "
-        f"-t{min(2, args.connections)} -c{args.connections}, one row per request; median of {args.rounds} "
-        "interleaved runs\n"
-    )
-    run(args.upstreams.split(","), proxies, args.seconds, args.rounds, args.connections)
+    with own_cgroup("sagehost-proxy-bench") if args.cgroup else contextlib.nullcontext():
+        print(
+            f"{os.cpu_count()} cores, upstream {WORKERS} workers, proxies {PROXY_WORKERS}; wrk "
+            f"-t{min(2, args.connections)} -c{args.connections}, one row per request; median of {args.rounds} "
+            f"interleaved runs; {_scheduling(cgroup=args.cgroup)}\n"
+        )
+        run(args.upstreams.split(","), proxies, args.seconds, args.rounds, args.connections)
+
+
+def _scheduling(*, cgroup: bool) -> str:
+    if cgroup:
+        return "one cpu cgroup, as in a container"
+    return "root cgroup, autogroup " + ("on: each session its own group" if autogroup_enabled() else "off")
 
 
 if __name__ == "__main__":
