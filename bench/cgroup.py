@@ -24,8 +24,10 @@ def own_cgroup(name: str) -> Iterator[Path]:
     """This process, and everything it starts meanwhile, in a new cpu cgroup `name`; removed
     afterwards. OSError when the machine does not allow it (it needs root)."""
     parent = _V1 if (_V1 / "cgroup.procs").exists() else _V2
-    if parent == _V2 and "cpu" not in (_V2 / "cgroup.controllers").read_text().split():
-        raise OSError("this machine's cgroup v2 hierarchy has no cpu controller")
+    if parent == _V2:  # a child is scheduled as a group of its own only with the cpu controller on
+        if "cpu" not in (_V2 / "cgroup.controllers").read_text().split():
+            raise OSError("this machine's cgroup v2 hierarchy has no cpu controller")
+        (_V2 / "cgroup.subtree_control").write_text("+cpu")
     here = parent / name
     here.mkdir(exist_ok=True)
     (here / "cgroup.procs").write_text(str(os.getpid()))
