@@ -221,17 +221,26 @@ def family_ticks(root: int) -> dict[int, int]:
     ticks: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid], ticks[pid] = _parent_and_ticks(stat)
         except (OSError, IndexError):
             continue  # gone meanwhile
-        pid = int(stat.parent.name)
-        parents[pid], ticks[pid] = int(fields[1]), int(fields[11]) + int(fields[12])
     family, grew = {root}, True
     while grew:
         children = {pid for pid, parent in parents.items() if parent in family} - family
         family |= children
         grew = bool(children)
     return {pid: ticks[pid] for pid in family if pid in ticks}
+
+
+def process_ticks(pid: int) -> int:
+    """User + system CPU ticks of one process (all its threads), from /proc."""
+    return _parent_and_ticks(Path(f"/proc/{pid}/stat"))[1]
+
+
+def _parent_and_ticks(stat: Path) -> tuple[int, int]:
+    fields = stat.read_text().rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return int(fields[1]), int(fields[11]) + int(fields[12])
 
 
 def run(names: list[str], proxies: list[str], seconds: int, rounds: int, connections: int) -> None:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from proxy import Procs, family_ticks, mlflow_upstream, nginx_proxy, sagehost_proxy
+from proxy import Procs, family_ticks, mlflow_upstream, nginx_proxy, process_ticks, sagehost_proxy
 from run import stop, wait_ready, wrk
 
 KEEP_ALIVE_S = 5  # uvicorn's: MLflow closes a connection idle this long
@@ -57,9 +57,10 @@ def main() -> None:
                 procs += proxy_procs
                 wait_ready(f"http://127.0.0.1:{proxy_port}/ping", proxy_procs[0])
                 targets[label] = proxy_port
+            before = family_ticks(procs[0].pid)
             wrk(f"http://127.0.0.1:{port}/invocations", body, content_type, 2, work)
-            busiest = sorted(family_ticks(procs[0].pid).items(), key=lambda item: -item[1])
-            stopped = busiest[1][0]  # MLflow's two workers did the scoring: the second-busiest process
+            scored = {pid: ticks - before.get(pid, 0) for pid, ticks in family_ticks(procs[0].pid).items()}
+            stopped = sorted(scored, key=lambda pid: -scored[pid])[1]  # the two that scored: MLflow's workers
             for trial in range(args.trials):
                 for label, proxy_port in targets.items():
                     url = f"http://127.0.0.1:{proxy_port}/invocations"
@@ -84,21 +85,16 @@ def measure(
     result: list[float] = []
     load = threading.Thread(target=lambda: result.append(wrk(url, body, content_type, seconds, work)[0]))
     ticks_per_s = os.sysconf("SC_CLK_TCK")
-    before = _ticks(worker)
+    before = process_ticks(worker)
     load.start()
     shares = []
     for _ in range(seconds):
         time.sleep(1)
-        now = _ticks(worker)
+        now = process_ticks(worker)
         shares.append((now - before) / ticks_per_s)
         before = now
     load.join()
     return result[0], shares
-
-
-def _ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 if __name__ == "__main__":
