@@ -25,6 +25,11 @@ METHODS: tuple[Method, ...] = ("predict", "predict_proba", "decision_function")
 BatchStrategy = Literal["MULTI_RECORD", "SINGLE_RECORD"]
 # The model formats of sagehost.formats, named here so the CLI can offer them without importing
 # numpy before the thread limits are set.
+# Declared types of upstream columns (`--upstream-columns name:type`): a CSV cell is text, and the
+# declared type says what the scoring server should receive.
+COLUMN_TYPES = ("str", "int", "float", "bool")
+Column = tuple[str, str | None]
+"""An upstream column: its name and declared type (one of COLUMN_TYPES), or None to guess."""
 FLAVORS = ("mlflow", "sklearn", "xgboost", "lightgbm", "catboost", "onnx", "torch", "h2o")
 
 
@@ -73,6 +78,18 @@ class Settings:
     scratch_dir: Path = Path(tempfile.gettempdir()) / "sagehost"
     """Writable scratch space (unpacked model.tar.gz); the model dir may be read-only."""
     log_level: str = "INFO"
+    # ---- HTTP limits (nginx's defaults are the anchors: client_header_timeout, client_body_timeout,
+    # keepalive_timeout, large_client_header_buffers) ----
+    max_header_bytes: int = 64 * 1024
+    """Request line plus headers; past it the answer is 431 and the connection closes."""
+    header_timeout_s: float = 60.0
+    """The request line and headers must arrive whole within this, from their first byte."""
+    body_timeout_s: float = 60.0
+    """The longest the body may go without a byte arriving; also the grace before the minimum rate applies."""
+    min_body_rate: int = 1024
+    """Bytes per second a body must average once `body_timeout_s` has passed, else the connection closes."""
+    keep_alive_timeout_s: float = 75.0
+    """An idle keep-alive connection is closed after this."""
     # ---- proxy mode (`sagehost proxy`) ----
     upstream: str | None = None
     """The scoring server's URL, path included: `http://127.0.0.1:9090/score`."""
@@ -85,8 +102,11 @@ class Settings:
     adapter_request: str | None = None
     adapter_response: str | None = None
     """`module:function` hooks that transform raw bodies on the way in and out."""
-    upstream_columns: tuple[str, ...] | None = None
-    """Field names for headerless rows sent to an adapter."""
+    upstream_columns: tuple[Column, ...] | None = None
+    """Field names for headerless rows sent to an adapter, each with its declared type
+    (`name:type`, type one of COLUMN_TYPES) or None when undeclared."""
+    upstream_max_body_bytes: int | None = None
+    """The largest answer read from the upstream; default `upstream_body_limit`."""
     upstream_scratch: Path | None = None
     """The scoring server's writable temp dir (TMPDIR, java.io.tmpdir); default `<scratch>/upstream`."""
     upstream_max_connection_age: float = 1.0
@@ -102,6 +122,14 @@ class Settings:
     @property
     def max_payload_mb(self) -> int:
         return max(1, self.max_payload_bytes // contract.MIB)
+
+    @property
+    def upstream_body_limit(self) -> int:
+        """The upstream answer cap: as set, else 100 MiB in batch mode (MaxPayloadInMB's ceiling),
+        else 6 MiB (InvokeEndpoint's own response limit)."""
+        if self.upstream_max_body_bytes is not None:
+            return self.upstream_max_body_bytes
+        return (100 if self.batch_mode else contract.DEFAULT_MAX_PAYLOAD_MB) * contract.MIB
 
     @property
     def resolved_code_dir(self) -> Path:
@@ -172,8 +200,34 @@ def _str(name: str, raw: str) -> str:
     return raw
 
 
-def _names(name: str, raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+def parse_columns(name: str, raw: str) -> tuple[Column, ...]:
+    """`a,b:int,c:str` -> (("a", None), ("b", "int"), ("c", "str")); the flag and its twin share it."""
+    columns: list[Column] = []
+    for part in raw.split(","):
+        field, sep, kind = part.strip().partition(":")
+        field, kind = field.strip(), kind.strip().lower()
+        if not field:
+            continue
+        if sep and kind not in COLUMN_TYPES:
+            raise ConfigError(
+                f"Setting {name}: column {field!r} has type {kind!r}; use one of {', '.join(COLUMN_TYPES)}."
+            )
+        columns.append((field, kind if sep else None))
+    return tuple(columns)
+
+
+def _kilobytes(name: str, raw: str) -> int:
+    kb = _int(name, raw)
+    if kb < 1:
+        raise ConfigError(f"Setting {name}={raw!r} must be at least 1 (KB).")
+    return kb * 1024
+
+
+def _positive_megabytes(name: str, raw: str) -> int:
+    mb = _int(name, raw)
+    if mb < 1:
+        raise ConfigError(f"Setting {name}={raw!r} must be at least 1 (MB).")
+    return mb * contract.MIB
 
 
 def _port_range(name: str, raw: str) -> tuple[int, int]:
@@ -273,7 +327,13 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], Callable[[str, str], Any]], ...] = (
     ("adapter", ("SAGEHOST_ADAPTER",), _str),
     ("adapter_request", ("SAGEHOST_ADAPTER_REQUEST",), _str),
     ("adapter_response", ("SAGEHOST_ADAPTER_RESPONSE",), _str),
-    ("upstream_columns", ("SAGEHOST_UPSTREAM_COLUMNS",), _names),
+    ("upstream_columns", ("SAGEHOST_UPSTREAM_COLUMNS",), parse_columns),
+    ("upstream_max_body_bytes", ("SAGEHOST_UPSTREAM_MAX_BODY_MB",), _positive_megabytes),
+    ("max_header_bytes", ("SAGEHOST_MAX_HEADER_KB",), _kilobytes),
+    ("header_timeout_s", ("SAGEHOST_HEADER_TIMEOUT",), _float),
+    ("body_timeout_s", ("SAGEHOST_BODY_TIMEOUT",), _float),
+    ("min_body_rate", ("SAGEHOST_MIN_BODY_RATE_KB",), _kilobytes),
+    ("keep_alive_timeout_s", ("SAGEHOST_KEEP_ALIVE_TIMEOUT",), _float),
     ("upstream_scratch", ("SAGEHOST_UPSTREAM_SCRATCH",), _path),
     ("upstream_max_connection_age", ("SAGEHOST_UPSTREAM_MAX_CONNECTION_AGE",), _float),
     ("yield_cpu", ("SAGEHOST_YIELD_CPU",), _bool),

@@ -197,9 +197,10 @@ def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | No
                 log.exception("Loading the model failed")
                 report_startup_failure(ModelLoadError(f"Loading the model raised {type(exc).__name__}: {exc}."))
                 return STARTUP_FAILED
-        with contextlib.suppress(OSError):
-            os.write(ready_fd, b"r")
-        os.close(ready_fd)
+        if ready_fd >= 0:  # only the first workers report; a replacement gets -1
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"r")
+            os.close(ready_fd)
         return run_worker(sock, settings, loaded)
     except BaseException:
         log.exception("Worker %d crashed", os.getpid())
