@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/proxy_path.py [--requests 50000]
 
-A `sagehost proxy` worker's objects, as it builds them (its relay connection on sagehost.wire,
+A `sagehost proxy` worker's objects, as it builds them (its relay connection on sagehost.http.server,
 the App and ProxyService, the pooled client), are fed bytes directly: a request into the relay
 connection, the scoring server's answer into the pooled upstream connection, in a loop. The
 transports only count what is written. The same for bench/floor_proxy.py, the featureless reference relay. What this
@@ -21,12 +21,12 @@ import uvloop
 import floor_proxy
 from sagehost.app import App
 from sagehost.config import Settings
+from sagehost.http.server import HttpServer, _Lifespan
 from sagehost.proxy.client import Client, _Connection
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.proxy.relay import RelayConnection
 from sagehost.proxy.service import ProxyService
 from sagehost.service import Service
-from sagehost.wire import WireServer, _Lifespan
 
 UPSTREAM = "http://127.0.0.1:9/invocations"
 REQUEST = (
@@ -82,7 +82,7 @@ async def sagehost(requests: int) -> float:
     pool, _ = client.route(UPSTREAM)
     upstream = _Pooled(pool, _Connection(asyncio.get_running_loop()))
     try:
-        return timed(RelayConnection(WireServer(app, settings, RelayConnection)), upstream, requests)
+        return timed(RelayConnection(HttpServer(app, settings, RelayConnection)), upstream, requests)
     finally:
         await lifespan.stop()
 

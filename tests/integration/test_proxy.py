@@ -371,7 +371,7 @@ def _complete(received: bytes) -> bool:
 
 
 def test_the_proxys_http_server_speaks_http_1_1(echo: tuple[Server, int]) -> None:
-    """The proxy's workers run sagehost.wire, not uvicorn: pipelining, chunked bodies, 100-continue,
+    """The proxy's workers run sagehost.http.server, not uvicorn: pipelining, chunked bodies, 100-continue,
     HTTP/1.0 keep-alive, malformed requests and oversized bodies, on raw sockets."""
     server, _ = echo
     post = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: %d\r\n\r\n%s"

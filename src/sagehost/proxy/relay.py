@@ -19,16 +19,16 @@ import logging
 
 from sagehost.answers import error_answer, final_headers, reply_headers
 from sagehost.errors import InternalError, SagehostError
+from sagehost.http.server import Connection, HttpServer, Request
 from sagehost.proxy.client import Response
 from sagehost.proxy.service import ProxyService, forwarded, passed_back
-from sagehost.wire import Connection, Request, WireServer
 
 log = logging.getLogger("sagehost.proxy")
 _FAILED = "sagehost failed unexpectedly; the server log has the details."
 
 
 class RelayConnection(Connection):
-    def __init__(self, server: WireServer) -> None:
+    def __init__(self, server: HttpServer) -> None:
         super().__init__(server)
         service = server.app.service  # loaded before the server accepts connections
         self._service = service if isinstance(service, ProxyService) and service.relayable else None

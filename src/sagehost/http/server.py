@@ -62,7 +62,7 @@ class Request:
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, server: WireServer) -> None:
+    def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -283,7 +283,7 @@ def _scope(request: Request) -> dict[str, Any]:
     }
 
 
-class WireServer:
+class HttpServer:
     def __init__(self, app: App, settings: Settings, connection: ConnectionType | None = None) -> None:
         self.app = app
         self._connection: ConnectionType = connection or Connection
@@ -342,14 +342,14 @@ class _Lifespan:
             await asyncio.wait_for(self._outbox.get(), timeout=5)
 
 
-def run_wire(
+def serve_app(
     sock: socket.socket, settings: Settings, load_service: ServiceFactory, connection: ConnectionType | None = None
 ) -> int:
     """Serve the App on the shared socket until SIGTERM; the worker's exit code."""
     import uvloop
 
     app = App(settings, load_service)
-    return uvloop.run(WireServer(app, settings, connection).serve(sock))
+    return uvloop.run(HttpServer(app, settings, connection).serve(sock))
 
 
-ConnectionType = Callable[[WireServer], Connection]
+ConnectionType = Callable[[HttpServer], Connection]
