@@ -10,8 +10,10 @@ SagehostError                    500 internal_error
 ├── NotFound                     404 not_found
 ├── MethodNotAllowed             405 method_not_allowed
 ├── NotAcceptable                406 not_acceptable       (Accept)
+├── RequestTimeout               408 request_timeout      (head or body too slow)
 ├── PayloadTooLarge              413 payload_too_large
 ├── UnsupportedMediaType         415 unsupported_media_type (Content-Type)
+├── HeaderTooLarge               431 header_too_large     (request line + headers over the cap)
 ├── ModelError                   500 model_error          (the model or a user hook raised)
 ├── ModelNotReady                503 model_not_ready      (/ping before load completes)
 ├── Overloaded                   503 overloaded           (the bounded queue is full)
@@ -85,6 +87,16 @@ class MethodNotAllowed(SagehostError):
 class NotAcceptable(SagehostError):
     status = 406
     code = "not_acceptable"
+
+
+class RequestTimeout(SagehostError):
+    status = 408
+    code = "request_timeout"
+
+
+class HeaderTooLarge(SagehostError):
+    status = 431
+    code = "header_too_large"
 
 
 class PayloadTooLarge(SagehostError):
