@@ -1,5 +1,11 @@
 """Forked workers on one listening socket: start them, replace the ones that die, drain on
-SIGTERM, and stop everything when a worker cannot start or a sidecar gives up.
+SIGTERM, and stop everything when a worker cannot start, workers keep dying, or a sidecar gives up.
+
+One loop waits on a selector and never sleeps: signals wake it through `signal.set_wakeup_fd`,
+a replacement's back-off is a due time, not a `sleep`, so a SIGTERM during a crash loop still
+drains at once. A worker that dies (the OOM killer's SIGKILL, a segfault in a native library)
+is replaced; `GIVE_UP_DEATHS` deaths within `DEATH_WINDOW_S` stop the server with exit code 1,
+so SageMaker replaces the instance rather than keep one that cannot hold its workers.
 
 A sidecar is one more child with its own job (proxy mode's keeper of the scoring server): it is
 stopped after the workers have drained, since their in-flight requests may still need it.
@@ -18,21 +24,34 @@ from collections.abc import Callable
 from types import FrameType
 
 from sagehost import contract
-from sagehost.errors import ModelNotReady
+from sagehost.http.loading import Callback, LoadingResponder, answer_loading
+
+# answer_loading lives in sagehost.http.loading; server.py still imports it from here.
+__all__ = ["GIVE_UP_DEATHS", "STARTUP_FAILED", "Work", "answer_loading", "supervise"]
 
 log = logging.getLogger("sagehost.server")
 
 STARTUP_FAILED = 3  # a worker's exit code when it cannot start: do not restart it
 SIDECAR = -1  # the sidecar's slot
+GIVE_UP_DEATHS = 10
+DEATH_WINDOW_S = 60.0
+KILL_AFTER_S = contract.SHUTDOWN_GRACE_S + 3  # then SIGKILL: SageMaker's own deadline is 30 s
+_IDLE_WAKE_S = 1.0  # a wake-up with nothing to do, in case a signal's wake-up byte was lost
 
+_Handler = Callable[[int, FrameType | None], object] | int | None
 Work = Callable[[int], int]
-"""A worker's body after fork: given the fd to write one byte to once ready; returns its exit code."""
+"""A worker's body after fork: given the fd to write one byte to once ready (-1: none); returns its exit code."""
 
 
 def supervise(
     sock: socket.socket, workers: int, work: Work, wait_ready: bool, sidecar: Callable[[], int] | None = None
 ) -> int:
-    """Run until SIGTERM (exit 0) or until a worker cannot start or the sidecar gives up (exit 1)."""
+    """Run until SIGTERM (exit 0), or until the server cannot go on (exit 1): a worker cannot
+    start, workers die too often, or the sidecar gives up.
+
+    With `wait_ready`, the workers load after the fork: this process answers 503 on `sock`
+    until the first of them writes to its ready fd.
+    """
     return _Supervisor(sock, work, sidecar).run(workers, wait_ready)
 
 
@@ -41,116 +60,241 @@ class _Supervisor:
         self.sock = sock
         self.work = work
         self.sidecar = sidecar
-        self.children: dict[int, int] = {}
+        self.children: dict[int, int] = {}  # pid -> slot
+        self.pending: list[tuple[float, int, int]] = []  # (due, slot, pid it replaces)
+        self.deaths: list[float] = []
         self.stopping = False
         self.failed = False
-        self.restarts: list[float] = []
-        self.ready_r, self.ready_w = os.pipe()
-        os.set_blocking(self.ready_w, False)  # workers restarted later write too, and nobody reads then
+        self.kill_at: float | None = None
+        self.signalled: list[int] = []
+        self.selector = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        self.ready_r = self.ready_w = -1
+        self.responder: LoadingResponder | None = None
 
     def run(self, workers: int, wait_ready: bool) -> int:
-        signal.signal(signal.SIGTERM, self.on_term)
-        signal.signal(signal.SIGINT, self.on_term)
-        signal.signal(signal.SIGALRM, lambda *_: _signal(list(self.children), signal.SIGKILL))
-        if self.sidecar is not None:
-            self.spawn(SIDECAR)
-        for slot in range(workers):
-            self.spawn(slot)
-        os.close(self.ready_w)
-        early = answer_503_until_ready(self.sock, self.ready_r) if wait_ready else None
-        while self.children:
-            pid, status = early or os.wait()
-            early = None
-            self.exited(pid, os.waitstatus_to_exitcode(status))
-        self.sock.close()
-        os.close(self.ready_r)
+        previous = self._install_signals()
+        try:
+            if wait_ready:
+                self._await_ready()
+            if self.sidecar is not None:
+                self.spawn(SIDECAR)
+            for slot in range(workers):
+                self.spawn(slot)
+            while self.children or (self.pending and not self.stopping):
+                self._wait()
+                self._on_signals()
+                self._reap()
+                self._restart_due()
+                self._kill_overdue()
+        finally:
+            self._close(previous)
         return 1 if self.failed else 0
 
-    def spawn(self, slot: int) -> None:
+    # ---- the loop's steps ---------------------------------------------------------------------
+
+    def _wait(self) -> None:
+        now = time.monotonic()
+        timeouts = [_IDLE_WAKE_S] + [due - now for due, _, _ in self.pending]
+        if self.kill_at is not None:
+            timeouts.append(self.kill_at - now)
+        if self.responder is not None:
+            timeouts.append(self.responder.timeout())
+        for key, _ in self.selector.select(max(0.0, min(timeouts))):
+            callback: Callback = key.data
+            callback()
+        if self.responder is not None:
+            self.responder.expire()
+
+    def _on_signals(self) -> None:
+        signalled, self.signalled = self.signalled, []
+        for signum in signalled:
+            if not self.stopping:
+                log.info("Received %s: draining %d worker(s)", signal.Signals(signum).name, len(self._workers()))
+            self.stop()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.exited(pid, os.waitstatus_to_exitcode(status))
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        due = [p for p in self.pending if p[0] <= now]
+        self.pending = [p for p in self.pending if p[0] > now]
+        for _, slot, dead in due:
+            pid = self.spawn(slot)
+            log.info("Started worker %d in place of worker %d", pid, dead)
+
+    def _kill_overdue(self) -> None:
+        if self.kill_at is not None and time.monotonic() >= self.kill_at:
+            log.error("Children still running %.0f s after SIGTERM: killing them", KILL_AFTER_S)
+            _signal(list(self.children), signal.SIGKILL)
+            self.kill_at = None
+
+    # ---- children -----------------------------------------------------------------------------
+
+    def spawn(self, slot: int) -> int:
+        ready_fd = self.ready_w if slot != SIDECAR else -1
         pid = os.fork()
         if pid == 0:
-            os.close(self.ready_r)
             code = 1
             try:
-                code = self.sidecar() if slot == SIDECAR and self.sidecar is not None else self.work(self.ready_w)
+                self._become_child(keep=ready_fd)
+                code = self.sidecar() if slot == SIDECAR and self.sidecar is not None else self.work(ready_fd)
+            except BaseException:
+                log.exception("Worker %d crashed", os.getpid())
             finally:
                 os._exit(code)
         self.children[pid] = slot
+        if self.stopping:
+            _signal([pid], signal.SIGTERM)
+        return pid
 
-    def on_term(self, signum: int, frame: FrameType | None) -> None:
-        if not self.stopping:
-            log.info("Received %s: draining %d worker(s)", signal.Signals(signum).name, len(_workers(self.children)))
-        self.stop()
-        signal.alarm(int(contract.SHUTDOWN_GRACE_S) + 3)
-
-    def stop(self) -> None:
-        self.stopping = True
-        _signal(_workers(self.children) or list(self.children), signal.SIGTERM)
+    def _become_child(self, keep: int) -> None:
+        """Drop what belongs to the supervisor: its signal handling and its fds."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # the worker installs its own once it serves
+        if self.responder is not None:
+            self.responder.abandon()
+        self.selector.close()
+        for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w):
+            if fd >= 0 and fd != keep:
+                os.close(fd)
 
     def exited(self, pid: int, code: int) -> None:
-        slot = self.children.pop(pid, 0)
+        slot = self.children.pop(pid, None)
+        if slot is None:
+            return
         if self.stopping:
-            if not _workers(self.children):
+            if not self._workers():
                 _signal(list(self.children), signal.SIGTERM)  # the sidecar, once the workers have drained
             return
-        if slot == SIDECAR or code == STARTUP_FAILED:
-            what = "The scoring server could not be kept up" if slot == SIDECAR else f"Worker {pid} could not start"
-            log.error("%s; stopping the server.", what)
-            self.failed = True
-            self.stop()
+        if slot == SIDECAR:
+            self.fail(f"The scoring server could not be kept up (its keeper {pid} {_how(code)})")
+        elif code == STARTUP_FAILED:
+            self.fail(f"Worker {pid} could not start")
+        else:
+            self._replace(pid, slot, code)
+
+    def _replace(self, pid: int, slot: int, code: int) -> None:
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < DEATH_WINDOW_S] + [now]
+        if len(self.deaths) >= GIVE_UP_DEATHS:
+            self.fail(
+                f"Worker {pid} {_how(code)}. Workers have died {len(self.deaths)} times within "
+                f"{DEATH_WINDOW_S:.0f} s, so this instance cannot keep them running (SIGKILL is usually the "
+                "OOM killer: the model needs more memory than the instance has; try a larger instance type or "
+                "fewer workers with SAGEMAKER_MODEL_SERVER_WORKERS). SageMaker replaces an instance whose "
+                "server stops"
+            )
             return
-        log.error("Worker %d exited unexpectedly (code %d); starting a replacement.", pid, code)
-        self.restarts = [t for t in self.restarts if time.monotonic() - t < 60] + [time.monotonic()]
-        time.sleep(min(5.0, 0.1 * 2 ** min(len(self.restarts), 6)))  # back off a crash loop
-        self.spawn(slot)
+        # A crash loop costs a fork (and, without preload, a model load) per turn: a doubling
+        # pause keeps it from taking the CPU the surviving workers need.
+        delay = min(1.0, 0.05 * 2 ** (len(self.deaths) - 1))
+        log.error(
+            "Worker %d %s; starting a replacement (%d worker death(s) in the last %.0f s; the server stops at %d).",
+            pid,
+            _how(code),
+            len(self.deaths),
+            DEATH_WINDOW_S,
+            GIVE_UP_DEATHS,
+        )
+        self.pending.append((now + delay, slot, pid))
+
+    def fail(self, what: str) -> None:
+        log.error("%s; stopping the server.", what)
+        self.failed = True
+        self.stop()
+
+    def stop(self) -> None:
+        if not self.stopping:
+            self.kill_at = time.monotonic() + KILL_AFTER_S
+        self.stopping = True
+        self.pending.clear()
+        self._loaded()  # nobody answers 503 any more: let the connections go
+        _signal(self._workers() or list(self.children), signal.SIGTERM)
+
+    def _workers(self) -> list[int]:
+        return [pid for pid, slot in self.children.items() if slot != SIDECAR]
+
+    # ---- waiting for the first worker to load -------------------------------------------------
+
+    def _await_ready(self) -> None:
+        """Workers get the write end of a pipe; this process answers 503 until a byte arrives."""
+        self.ready_r, self.ready_w = os.pipe()
+        os.set_blocking(self.ready_w, False)  # several workers may write; nobody reads after the first
+        self.selector.register(self.ready_r, selectors.EVENT_READ, self._loaded)
+        self.responder = LoadingResponder(self.sock, self.selector)
+
+    def _loaded(self) -> None:
+        """A worker is ready (or the server stops): replacements from now on get no ready fd."""
+        if self.responder is not None:
+            self.responder.close()
+            self.responder = None
+        if self.ready_r >= 0:
+            self.selector.unregister(self.ready_r)
+            os.close(self.ready_r)
+            os.close(self.ready_w)
+            self.ready_r = self.ready_w = -1
+
+    # ---- signals ------------------------------------------------------------------------------
+
+    def _install_signals(self) -> dict[signal.Signals, _Handler]:
+        """Handlers only record; the loop, woken through the pipe, does the work."""
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGCHLD, _wake_only)  # a Python handler, so the wake-up fd is written
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        return previous
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        self.signalled.append(signum)
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 4096):
+                pass
+
+    def _close(self, previous: dict[signal.Signals, _Handler]) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        self._loaded()
+        self.selector.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.sock.close()
 
 
-def _workers(children: dict[int, int]) -> list[int]:
-    return [pid for pid, slot in children.items() if slot != SIDECAR]
+def _how(code: int) -> str:
+    """How a child ended, in words: `was killed by SIGKILL (...)` or `exited with code 1`."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return f"was killed by {name} (the OOM killer does this)"
+    return f"was killed by {name}"
+
+
+def _wake_only(signum: int, frame: FrameType | None) -> None:
+    return None
 
 
 def _signal(pids: list[int], sig: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-def answer_503_until_ready(sock: socket.socket, ready_fd: int) -> tuple[int, int] | None:
-    """While workers load after fork, the parent answers 503; it stops once one is ready.
-
-    Returns a worker's (pid, status) if one exited first (it could not load), for the
-    supervisor to handle as it would any exit.
-    """
-    with selectors.DefaultSelector() as selector:
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, "conn")
-        selector.register(ready_fd, selectors.EVENT_READ, "ready")
-        while True:
-            for key, _ in selector.select(timeout=0.05):
-                if key.data == "ready":
-                    return None
-                answer_loading(sock)
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid:
-                return pid, status
-
-
-_LOADING_BODY = ModelNotReady("The model is still loading; /ping answers 200 once it can predict.").body()
-_LOADING = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: %d\r\n\r\n%s" % (len(_LOADING_BODY), _LOADING_BODY)
-)
-
-
-def answer_loading(sock: socket.socket) -> None:
-    try:
-        conn, _ = sock.accept()
-    except (BlockingIOError, InterruptedError):
-        return
-    with conn:
-        conn.settimeout(0.5)
-        try:
-            conn.recv(65536)
-            conn.sendall(_LOADING)
-        except OSError:
-            pass
