@@ -54,3 +54,11 @@ def error_answer(exc: SagehostError) -> tuple[int, Headers, bytes]:
     if isinstance(exc, PayloadTooLarge):
         headers.append((b"connection", b"close"))  # the rest of the body was never read
     return status, headers, exc.body(request_id)
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """The 413 for a body over the payload limit, whoever notices it first."""
+    return PayloadTooLarge(
+        f"The body is larger than the {limit // contract.MIB} MB limit (SAGEMAKER_MAX_PAYLOAD_IN_MB). "
+        "Send fewer rows per request, or use Batch Transform or asynchronous inference for large payloads."
+    )

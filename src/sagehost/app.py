@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from sagehost import contract
-from sagehost.answers import JSON, error_answer, final_headers, reply_headers
+from sagehost.answers import JSON, error_answer, final_headers, reply_headers, too_large
 from sagehost.codecs import media
 from sagehost.config import METHODS, Method, Settings
 from sagehost.errors import (
@@ -25,7 +25,6 @@ from sagehost.errors import (
     MethodNotAllowed,
     ModelNotReady,
     NotFound,
-    PayloadTooLarge,
     SagehostError,
 )
 from sagehost.service import Invocation, Service
@@ -152,7 +151,7 @@ class App:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _drain(receive)
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -163,7 +162,7 @@ class App:
             if size > limit:  # chunked bodies (Batch Transform with MaxPayloadInMB=0) have no length
                 if more:
                     await _drain(receive)
-                raise _too_large(limit)
+                raise too_large(limit)
             chunks.append(chunk)
             if not more:
                 break
@@ -189,13 +188,6 @@ async def _drain(receive: Receive) -> None:
         dropped += len(message.get("body", b""))
         if not message.get("more_body", False):
             return
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"The body is larger than the {limit // contract.MIB} MB limit (SAGEMAKER_MAX_PAYLOAD_IN_MB). "
-        "Send fewer rows per request, or use Batch Transform or asynchronous inference for large payloads."
-    )
 
 
 def _method(from_query: str | None, attributes: str | None) -> Method | None:

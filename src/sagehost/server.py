@@ -5,7 +5,8 @@
 - Where the model allows it, it is loaded once before forking so workers share its pages.
   Runtimes that do not survive a fork (OpenMP pools, a JVM, onnxruntime, torch) load in each
   worker after the fork instead, while the parent answers 503 until the first worker is ready.
-- Each worker is uvicorn (httptools + uvloop) on the shared socket with one model thread.
+- Each worker is sagehost's HTTP server (sagehost.http.server, on uvloop) on the shared socket
+  with one model thread.
 - SIGTERM: stop intake, finish in-flight requests, exit 0 inside SageMaker's 30 s window.
   A worker that dies is replaced; a worker that cannot start stops the server.
 """
@@ -16,22 +17,19 @@ import contextlib
 import logging
 import os
 import selectors
-import signal
 import socket
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-from sagehost import codecs, contract, supervisor
+from sagehost import codecs, supervisor
 from sagehost.app import App, ServiceFactory
 from sagehost.batching import MicroBatcher
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError, SagehostError, StartupError
+from sagehost.http.limits import Limits
+from sagehost.http.server import ConnectionType, serve_app
 from sagehost.models import Loaded, fork_safe, load
 from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
@@ -42,19 +40,6 @@ log = logging.getLogger("sagehost.server")
 
 STARTUP_FAILED = supervisor.STARTUP_FAILED
 INPUT_EXAMPLE = "input_example.json"
-
-
-class KeepAliveHttpTools(HttpToolsProtocol):
-    """httptools, keeping HTTP/1.0 connections alive when the client asks (`ab -k` does).
-
-    uvicorn closes every HTTP/1.0 connection; nginx, granian and gunicorn honour
-    `Connection: keep-alive`, and benchmarks that use ab would otherwise measure reconnects.
-    """
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if self.parser.get_http_version() == "1.0" and self.parser.should_keep_alive() and self.cycle:
-            self.cycle.keep_alive = True
 
 
 def serve(settings: Settings) -> int:
@@ -151,29 +136,14 @@ def run_worker(sock: socket.socket, settings: Settings, loaded: Loaded) -> int:
     return run_app(sock, settings, load_service)
 
 
-def run_app(sock: socket.socket, settings: Settings, load_service: ServiceFactory) -> int:
-    """uvicorn (httptools + uvloop) serving the app on the shared socket until SIGTERM."""
+def run_app(
+    sock: socket.socket, settings: Settings, load_service: ServiceFactory, connection: ConnectionType | None = None
+) -> int:
+    """sagehost's HTTP server running the app on the shared socket until SIGTERM; the exit code."""
     app = App(settings, load_service)
-    config = uvicorn.Config(
-        app,
-        loop="uvloop",
-        http=KeepAliveHttpTools,
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,  # no X-Forwarded-* rewriting: we use no client addresses
-        # Longer than the platform's request cadence, so pooled connections are not cut mid-use.
-        timeout_keep_alive=75,
-        timeout_graceful_shutdown=int(contract.SHUTDOWN_GRACE_S),
-        backlog=2048,
-    )
-    # uvicorn re-raises the SIGTERM it caught once it has drained; a no-op handler underneath
-    # turns that into a clean exit 0 instead of death by signal.
-    signal.signal(signal.SIGTERM, _ignore)
-    signal.signal(signal.SIGINT, _ignore)
-    uvicorn.Server(config).run(sockets=[sock])
+    code = serve_app(sock, app, Limits.of(settings), connection)
     MODEL_THREAD.shutdown()
-    return STARTUP_FAILED if app.failed else 0
+    return STARTUP_FAILED if app.failed else code
 
 
 def supervise(sock: socket.socket, settings: Settings, preloaded: Loaded | None) -> int:
@@ -248,7 +218,3 @@ def _fork_safe(loaded: Loaded) -> bool:
 def report_startup_failure(exc: StartupError) -> None:
     """The paragraph a user reads in CloudWatch (container stderr)."""
     print(f"sagehost: cannot start. {exc}", file=sys.stderr, flush=True)
-
-
-def _ignore(signum: int, frame: FrameType | None) -> None:
-    return None

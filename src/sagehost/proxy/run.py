@@ -10,13 +10,12 @@ from collections.abc import Callable
 from sagehost import supervisor
 from sagehost.config import Settings
 from sagehost.errors import ConfigError, StartupError
-from sagehost.http.server import serve_app
 from sagehost.proxy import adapters, keeper, scheduling
 from sagehost.proxy.client import Client, Origin
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.proxy.relay import RelayConnection
 from sagehost.proxy.service import ProxyService
-from sagehost.server import bind, report_startup_failure
+from sagehost.server import bind, report_startup_failure, run_app
 from sagehost.service import Service
 
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
@@ -40,7 +39,7 @@ def proxy(settings: Settings) -> int:
     def work(ready_fd: int) -> int:
         if settings.yield_cpu:
             scheduling.yield_cpu()
-        return serve_app(sock, settings, load_service, RelayConnection)
+        return run_app(sock, settings, load_service, RelayConnection)
 
     sidecar: Callable[[], int] | None = None
     if settings.upstream_cmd:
