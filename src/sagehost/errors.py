@@ -7,6 +7,7 @@ SagehostError                    500 internal_error
 │   ├── InvalidPayload           400 invalid_payload
 │   ├── SchemaMismatch           400 schema_mismatch      (missing field, wrong width, bad value)
 │   └── UnsupportedMethod        400 unsupported_method   (e.g. predict_proba on a regressor)
+├── UpstreamRejected             400 upstream_rejected    (proxy: the scoring server's 4xx)
 ├── NotFound                     404 not_found
 ├── MethodNotAllowed             405 method_not_allowed
 ├── NotAcceptable                406 not_acceptable       (Accept)
@@ -15,16 +16,25 @@ SagehostError                    500 internal_error
 ├── UnsupportedMediaType         415 unsupported_media_type (Content-Type)
 ├── HeaderTooLarge               431 header_too_large     (request line + headers over the cap)
 ├── ModelError                   500 model_error          (the model or a user hook raised)
+│   └── HookError                    its exception's status_code, else 500 (models/script.py)
+├── InternalError                500 internal_error       (a bug of ours; traceback to the log only)
+├── UpstreamUnavailable          502 upstream_unavailable (proxy: down, refused, or its 5xx)
+├── UpstreamTooLarge             502 upstream_too_large   (proxy: its answer is over the cap)
 ├── ModelNotReady                503 model_not_ready      (/ping before load completes)
 ├── Overloaded                   503 overloaded           (the bounded queue is full)
-└── PredictionTimeout            504 prediction_timeout
+├── PredictionTimeout            504 prediction_timeout
+└── UpstreamTimeout              504 upstream_timeout     (proxy: no answer within --timeout)
 StartupError                     (not HTTP: the process exits with its paragraph)
-├── ConfigError
-└── ModelLoadError
+├── ConfigError                  (a bad setting; the CLI answers it as a usage error, exit 2)
+├── ModelLoadError
+├── EngineError                  (image/engine.py: the container engine is missing or refused)
+├── WheelhouseError              (image/wheelhouse.py: dependencies would not resolve to wheels)
+└── HealthCheckFailed            (local/launch.py: no 200 from /ping in time)
 ```
 
-Messages are written for a person to act on. They never carry the request's data or a
-traceback: those go to the log, under the request id.
+Classes defined beside the code that raises them are drawn with their module. Messages are
+written for a person to act on. They never carry the request's data or a traceback: those go
+to the log, under the request id.
 """
 
 from __future__ import annotations
@@ -90,11 +100,15 @@ class NotAcceptable(SagehostError):
 
 
 class RequestTimeout(SagehostError):
+    """The head or the body came too slowly (SAGEHOST_HEADER_TIMEOUT, SAGEHOST_BODY_TIMEOUT)."""
+
     status = 408
     code = "request_timeout"
 
 
 class HeaderTooLarge(SagehostError):
+    """The request line and headers are over SAGEHOST_MAX_HEADER_KB (RFC 6585 §5)."""
+
     status = 431
     code = "header_too_large"
 
@@ -148,6 +162,14 @@ class UpstreamUnavailable(SagehostError):
 
     status = 502
     code = "upstream_unavailable"
+
+
+class UpstreamTooLarge(SagehostError):
+    """Proxy mode: the scoring server's answer is over SAGEHOST_UPSTREAM_MAX_BODY_MB; the
+    connection to it is dropped rather than read to the end."""
+
+    status = 502
+    code = "upstream_too_large"
 
 
 class UpstreamTimeout(SagehostError):
