@@ -5,25 +5,79 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sagehost import contract
-from sagehost.config import FLAVORS, METHODS, Settings, thread_limits
+from sagehost.config import BY_FLAG, Settings, Source, thread_limits
 from sagehost.errors import ConfigError
 from sagehost.image.engine import ENGINES
 from sagehost.image.plan import DEFAULT_BASE_IMAGE, DEFAULT_PLATFORM
 from sagehost.local.modes import MODES, STARTUP_DEADLINE_S
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-def _settings(**flags: Any) -> Settings:
+# `sagehost proxy`'s own default: one event loop forwards thousands of requests a second; more
+# workers would only take CPU from the scoring server beside us (bench/README.md: beside MLflow,
+# one kept 95% of its direct requests/s and two 77%).
+PROXY_DEFAULTS: Mapping[str, Any] = {"workers": 1}
+
+LISTENING = ("--host", "--port", "--workers")
+"""Where every server command listens and how many workers answer."""
+HTTP_LIMITS = ("--max-header-kb", "--header-timeout", "--body-timeout", "--min-body-rate-kb", "--keep-alive-timeout")
+"""What one connection may cost, for `serve` and `proxy` alike."""
+
+
+def _environ() -> Mapping[str, str] | None:
+    """The environment a command reads: the root context's `obj` when it is a mapping (tests pass
+    one: `main(args, obj={...})`), else the process's own, read by config.py."""
+    context = click.get_current_context(silent=True)
+    obj = context.find_root().obj if context is not None else None
+    return obj if isinstance(obj, Mapping) else None
+
+
+def _settings(params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from a command's flags, each still the text typed (a switch: True or False), read
+    by config.py's parser for it, the same one its environment twin goes through."""
+    flags = {field: _flag_text(value) for field, value in params.items()}
     try:
-        return Settings.from_environ(overrides=flags)
+        return Settings.from_environ(_environ(), flags, defaults)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _flag_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    raise TypeError(f"a setting's flag gave {value!r}; settings flags are text")
+
+
+def _flags(*names: str, defaults: Mapping[str, Any] | None = None) -> Decorator:
+    """Click options for the settings these flags set, generated from config.SOURCES: each takes
+    text, which `_settings` hands to the setting's one parser. `defaults`: the command's own."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name in reversed(names):  # click lists options in the order their decorators read
+            command = _option(BY_FLAG[name], defaults or {})(command)
+        return command
+
+    return decorate
+
+
+def _option(source: Source, defaults: Mapping[str, Any]) -> Decorator:
+    assert source.flag is not None
+    own = source.field in defaults
+    names = [n for n in source.env if n.startswith("SAGEHOST_")] if own else list(source.env)
+    default = str(defaults[source.field]) if own else source.default
+    text = f"{source.help} [{', '.join(names)}; {default}]"
+    if "/" in source.flag:
+        return click.option(source.flag, source.field, default=None, help=text)
+    return click.option(source.flag, source.field, metavar=source.metavar, help=text)
 
 
 def _logging(level: str) -> None:
@@ -35,112 +89,93 @@ def _logging(level: str) -> None:
     )
 
 
-def _listening(workers: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options every server command shares: where it listens and how many workers answer."""
-    return lambda command: _with_listening(command, workers)
-
-
-def _with_listening(command: Callable[..., Any], workers: str) -> Callable[..., Any]:
-    for option in reversed(
-        (
-            click.option("--host", help=f"Address to bind [SAGEHOST_HOST; {contract.DEFAULT_HOST}]."),
-            click.option("--port", type=int, help="Port [SAGEHOST_PORT; 8080]. SAGEMAKER_BIND_TO_PORT wins when set."),
-            click.option("--workers", type=click.IntRange(min=1), help=f"Worker processes [{workers}]."),
-        )
-    ):
-        command = option(command)
-    return command
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sagehost")
 def main() -> None:
     """Serve any trained model behind the Amazon SageMaker hosting contract."""
 
 
-@main.command()
-@click.option("--model-dir", type=click.Path(path_type=Path), help="Model directory [SM_MODEL_DIR; /opt/ml/model].")
-@click.option(
-    "--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several [SAGEHOST_FLAVOR]."
+SERVE_FLAGS = (
+    "--model-dir",
+    "--flavor",
+    *LISTENING,
+    "--timeout",
+    "--max-payload-mb",
+    "--default-accept",
+    "--default-method",
+    "--target-name",
+    "--max-batch-rows",
+    "--max-batch-wait-ms",
+    "--max-queue",
+    "--inline-below-us",
+    "--preload/--no-preload",
+    "--fast-path/--no-fast-path",
+    "--log-level",
+    *HTTP_LIMITS,
 )
-@_listening("SAGEMAKER_MODEL_SERVER_WORKERS; CPUs")
-@click.option("--timeout", "timeout_s", type=float, help="Prediction timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
-@click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
-@click.option("--default-accept", help="Answer type for */* [SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT].")
-@click.option("--default-method", type=click.Choice(METHODS), help="[SAGEHOST_DEFAULT_METHOD; the model's own].")
-@click.option("--target-name", help="Label prefix for named probabilities [SAGEHOST_TARGET_NAME].")
-@click.option("--max-batch-rows", type=click.IntRange(min=1), help="Rows per model call [SAGEHOST_MAX_BATCH_ROWS; 64].")
-@click.option("--max-batch-wait-ms", type=click.FloatRange(min=0), help="[SAGEHOST_MAX_BATCH_WAIT_MS; 0].")
-@click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests per worker [SAGEHOST_MAX_QUEUE].")
-@click.option("--inline-below-us", type=click.FloatRange(min=0), help="[SAGEHOST_INLINE_BELOW_US; 100].")
-@click.option("--preload/--no-preload", default=None, help="Load before forking [SAGEHOST_PRELOAD; auto].")
-@click.option("--fast-path/--no-fast-path", default=None, help="Lean tree/linear paths [SAGEHOST_FAST_PATH; on].")
-@click.option("--log-level", help="[SAGEHOST_LOG_LEVEL / SAGEMAKER_CONTAINER_LOG_LEVEL; INFO].")
-def serve(max_payload_mb: int | None, **flags: Any) -> None:
+PROXY_FLAGS = (
+    "--upstream",
+    "--upstream-cmd",
+    "--upstream-health",
+    "--adapter",
+    "--adapter-request",
+    "--adapter-response",
+    "--upstream-columns",
+    "--upstream-max-body-mb",
+    "--upstream-scratch",
+    "--upstream-max-connection-age",
+    "--yield-cpu/--no-yield-cpu",
+    *LISTENING,
+    "--timeout",
+    "--max-payload-mb",
+    "--log-level",
+    *HTTP_LIMITS,
+)
+
+
+@main.command()
+@_flags(*SERVE_FLAGS)
+def serve(**params: Any) -> None:
     """Serve GET /ping and POST /invocations (SageMaker's contract) on :8080."""
-    if max_payload_mb is not None:
-        flags["max_payload_bytes"] = max_payload_mb * contract.MIB
-    settings = _settings(**flags)
+    settings = serve_settings(params)
     _logging(settings.log_level)
-    os.environ.update(thread_limits(settings))  # before numpy loads in the server's imports
+    os.environ.update(thread_limits(settings))  # a write, for numeric libraries: before numpy loads
     if settings.upstream:  # an image's `serve` becomes a proxy when SAGEHOST_UPSTREAM says so
         from sagehost.proxy.run import proxy as run_proxy
 
-        if flags.get("workers") is None:
-            settings = settings.replace(workers=int(os.environ.get("SAGEHOST_WORKERS", "1")))
         sys.exit(run_proxy(settings))
     from sagehost.server import serve as run
 
     sys.exit(run(settings))
 
 
+def serve_settings(params: Mapping[str, Any]) -> Settings:
+    """`serve`'s settings; with an upstream set it runs the proxy, with the proxy's defaults."""
+    settings = _settings(params)
+    return _settings(params, PROXY_DEFAULTS) if settings.upstream else settings
+
+
 @main.command()
-@click.option("--upstream", help="The scoring server's URL, e.g. http://127.0.0.1:9090/score [SAGEHOST_UPSTREAM].")
-@click.option("--upstream-cmd", help="Command that starts it; sagehost supervises it [SAGEHOST_UPSTREAM_CMD].")
-@click.option("--upstream-health", help="Its health path; else a TCP connect [SAGEHOST_UPSTREAM_HEALTH].")
-@click.option("--adapter", type=click.Choice(["scr", "h2o", "none"]), help="Payload translation [SAGEHOST_ADAPTER].")
-@click.option("--adapter-request", help="module:function for request bodies [SAGEHOST_ADAPTER_REQUEST].")
-@click.option("--adapter-response", help="module:function for response bodies [SAGEHOST_ADAPTER_RESPONSE].")
-@click.option("--upstream-columns", help="Names for headerless rows, a,b,c [SAGEHOST_UPSTREAM_COLUMNS].")
-@click.option("--upstream-scratch", type=click.Path(path_type=Path), help="Its temp dir [SAGEHOST_UPSTREAM_SCRATCH].")
-@click.option(
-    "--upstream-max-connection-age",
-    type=click.FloatRange(min=0),
-    help="Seconds before a pooled connection is replaced; 0 never [SAGEHOST_UPSTREAM_MAX_CONNECTION_AGE; 1].",
-)
-@click.option(
-    "--yield-cpu/--no-yield-cpu",
-    default=None,
-    help="Workers yield the CPU to the scoring server, Linux SCHED_BATCH [SAGEHOST_YIELD_CPU; on].",
-)
-@_listening("SAGEHOST_WORKERS; 1")
-@click.option("--timeout", "timeout_s", type=float, help="Upstream timeout, s [SAGEMAKER_MODEL_SERVER_TIMEOUT; 60].")
-@click.option("--max-payload-mb", type=click.IntRange(min=1), help="Body limit, MB [SAGEMAKER_MAX_PAYLOAD_IN_MB; 6].")
-@click.option("--log-level", help="[SAGEHOST_LOG_LEVEL / SAGEMAKER_CONTAINER_LOG_LEVEL; INFO].")
-def proxy(max_payload_mb: int | None, upstream_columns: str | None, **flags: Any) -> None:
+@_flags(*PROXY_FLAGS, defaults=PROXY_DEFAULTS)
+def proxy(**params: Any) -> None:
     """The SageMaker contract in front of an external scoring server (started and supervised)."""
-    if max_payload_mb is not None:
-        flags["max_payload_bytes"] = max_payload_mb * contract.MIB
-    if upstream_columns is not None:
-        flags["upstream_columns"] = tuple(c.strip() for c in upstream_columns.split(",") if c.strip())
-    if flags.get("workers") is None:
-        # One event loop forwards thousands of requests a second; more workers would only take CPU
-        # from the scoring server beside us (bench/README.md: beside MLflow, one kept 95% of its
-        # direct requests/s and two 77%).
-        flags["workers"] = int(os.environ.get("SAGEHOST_WORKERS", "1"))
-    settings = _settings(**flags)
+    settings = proxy_settings(params)
     _logging(settings.log_level)
     from sagehost.proxy.run import proxy as run
 
     sys.exit(run(settings))
 
 
+def proxy_settings(params: Mapping[str, Any]) -> Settings:
+    return _settings(params, PROXY_DEFAULTS)
+
+
 @main.command()
 @click.option("--source", type=click.Path(path_type=Path), help="A model baked into the image, instead of a channel.")
-@click.option("--channel", help="Input channel holding the model [SAGEHOST_CHANNEL; training].")
-def train(source: Path | None, channel: str | None) -> None:
+@_flags("--channel")
+def train(source: Path | None, **params: Any) -> None:
     """Copy a pre-trained model into /opt/ml/model (SageMaker's `train`)."""
-    settings = _settings(channel=channel)
+    settings = _settings(params)
     _logging(settings.log_level)
     from sagehost.train import train as run
 
@@ -150,14 +185,14 @@ def train(source: Path | None, channel: str | None) -> None:
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("model.tar.gz"), show_default=True)
-@click.option("--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several.")
+@_flags("--flavor")
 def package(model_dir: Path, output: Path, flavor: str | None) -> None:
     """Write MODEL_DIR as a model.tar.gz SageMaker unpacks correctly (files at the root)."""
     from sagehost.errors import StartupError
     from sagehost.package import package as write
 
     try:
-        click.echo(write(model_dir, output, _settings(flavor=flavor)))
+        click.echo(write(model_dir, output, _settings({"flavor": flavor})))
     except StartupError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -173,14 +208,14 @@ def package(model_dir: Path, output: Path, flavor: str | None) -> None:
     "--requirements", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="[code/requirements.txt]."
 )
 @click.option("--context", type=click.Path(path_type=Path), default=Path("sagehost-build"), show_default=True)
-@click.option("--flavor", type=click.Choice(FLAVORS), help="Model format, when the dir holds several.")
+@_flags("--flavor")
 @click.option("--dockerfile-only", is_flag=True, help="Write the context and Dockerfile; do not build.")
 def build(model_dir: Path | None, tag: str, target_platform: str, dockerfile_only: bool, **options: Any) -> None:
     """Build an image SageMaker accepts; MODEL_DIR is baked in, else model.tar.gz comes at run time."""
     from sagehost.errors import StartupError
     from sagehost.image.build import BuildRequest, build as run
 
-    settings = _settings(flavor=options.pop("flavor"))
+    settings = _settings({"flavor": options.pop("flavor")})
     options["extras"] = tuple(options["extras"])
     request = BuildRequest(tag, model_dir, platform=target_platform, render_only=dockerfile_only, **options)
     try:

@@ -17,6 +17,9 @@ DEFAULT_PROGRAM = "inference.py"
 MIB = 1024 * 1024
 # InvokeEndpoint caps request and response bodies at 6 MiB (BodyBlob max 6291456).
 DEFAULT_MAX_PAYLOAD_MB = 6
+# SAGEMAKER_MAX_PAYLOAD_IN_MB=0: Batch Transform streams a chunked body of unknown length
+# (MaxPayloadInMB=0), so no limit of ours may cut it; a byte count no body reaches stands for none.
+NO_PAYLOAD_LIMIT = 2**62
 # The platform gives a real-time invocation 60 s; the toolkits' worker timeout defaults to it too.
 DEFAULT_TIMEOUT_S = 60.0
 # SIGTERM, then SIGKILL 30 s later: drain well inside that window.
