@@ -365,10 +365,12 @@ def test_pipelining_is_bounded_by_pausing_reads() -> None:
         connection.connection_made(transport)  # type: ignore[arg-type]
         connection.data_received(get() * 20)  # the first is in flight, the rest wait
         await settle()
-        assert not transport.reading
+        paused = not transport.reading
         release.set()
         await settle()
-        assert transport.reading and len(transport.answers()) == 20
+        assert paused
+        assert transport.reading
+        assert len(transport.answers()) == 20
 
     run(scenario)
 
