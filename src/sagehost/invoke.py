@@ -3,23 +3,13 @@ the classic recipe's `predict.sh` as one command. Errors go to stderr with a non
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from sagehost import contract
+from sagehost.http.outbound import Answer, send
 
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    content_type: str
-    body: bytes
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
+# Batch Transform's largest MaxPayloadInMB: no endpoint, local or not, answers more.
+MAX_ANSWER_BYTES = 100 * contract.MIB
 
 
 def invoke(
@@ -31,6 +21,8 @@ def invoke(
     custom_attributes: str | None = None,
     timeout: float = contract.DEFAULT_TIMEOUT_S,
 ) -> Answer:
+    """The server's answer, whatever its status; UpstreamTimeout or UpstreamUnavailable when
+    there was none (see sagehost.http.outbound)."""
     target = url.rstrip("/")
     if not target.endswith("/invocations"):
         target += "/invocations"
@@ -39,9 +31,5 @@ def invoke(
         headers["Accept"] = accept
     if custom_attributes:
         headers[contract.CUSTOM_ATTRIBUTES_HEADER] = custom_attributes
-    request = urllib.request.Request(target, data=payload.read_bytes(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Answer(response.status, response.headers.get("Content-Type", ""), response.read())
-    except urllib.error.HTTPError as error:
-        return Answer(error.code, error.headers.get("Content-Type", ""), error.read())
+    body = payload.read_bytes()
+    return send("POST", target, body=body, headers=headers, timeout=timeout, max_body=MAX_ANSWER_BYTES)

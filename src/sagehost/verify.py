@@ -6,21 +6,24 @@ Checks (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inferenc
 /ping is 200 within 2 s; each declared payload gets a 2xx within the 60 s invocation timeout;
 `Accept: */*` and a missing Accept are answered; an unsupported Accept gets a 406 (or the default
 type), never a 5xx; a body over the 6 MB limit is refused with a 4xx (413), not a crash; unknown paths are 404.
+Each call has a deadline, and verify reads at most 6 MB of any answer (InvokeEndpoint's own limit).
 """
 
 from __future__ import annotations
 
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from sagehost import contract
+from sagehost.errors import UpstreamTimeout, UpstreamUnavailable
+from sagehost.http.outbound import Answer, send
 
 PING_TIMEOUT_S = contract.PING_TIMEOUT_S  # SageMaker's health check timeout
+# InvokeEndpoint refuses answers over 6 MB too; past that verify stops reading and judges the status
+# (the server may be anyone's, and one that streams without end must not take verify's memory).
+MAX_ANSWER_BYTES = contract.DEFAULT_MAX_PAYLOAD_MB * contract.MIB
 
 
 @dataclass(frozen=True)
@@ -31,14 +34,6 @@ class Check:
     fix: str = ""
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    seconds: float
-    content_type: str
-    body: bytes
-
-
 def call(
     method: str,
     url: str,
@@ -46,14 +41,9 @@ def call(
     headers: dict[str, str] | None = None,
     timeout: float = contract.DEFAULT_TIMEOUT_S,
 ) -> Answer:
-    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read()
-            return Answer(response.status, time.monotonic() - started, response.headers.get("Content-Type", ""), data)
-    except urllib.error.HTTPError as error:
-        return Answer(error.code, time.monotonic() - started, error.headers.get("Content-Type", ""), error.read())
+    """One request as verify sends it: its status, and at most 6 MB of its body; UpstreamTimeout
+    or UpstreamUnavailable when no answer came (see sagehost.http.outbound)."""
+    return send(method, url, body=body, headers=headers, timeout=timeout, max_body=MAX_ANSWER_BYTES, partial=True)
 
 
 def verify_url(url: str, payloads: list[tuple[Path, str]]) -> list[Check]:
@@ -73,9 +63,10 @@ def verify_url(url: str, payloads: list[tuple[Path, str]]) -> list[Check]:
 def _guarded(name: str, run: Callable[[], Check]) -> Check:
     try:
         return run()
-    except (OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return Check(name, False, f"no answer: {reason}", "Is the server running and listening on this address?")
+    except UpstreamTimeout as exc:
+        return Check(name, False, exc.message, "SageMaker waits 2 s for /ping and 60 s for an invocation.")
+    except UpstreamUnavailable as exc:
+        return Check(name, False, exc.message, "Is the server running and listening on this address?")
 
 
 def _ping(base: str) -> Check:
@@ -111,6 +102,14 @@ def _invoke(base: str, payload: Path, content_type: str) -> Check:
             f"HTTP {answer.status}: {text}",
             f"The server does not accept {content_type} "
             "as sent; SageMaker passes the caller's Content-Type through unchanged.",
+        )
+    if not answer.complete:
+        return Check(
+            name,
+            False,
+            f"the answer is over {MAX_ANSWER_BYTES} bytes",
+            "InvokeEndpoint refuses answers over 6 MB: send fewer rows per request, or use asynchronous "
+            "inference or Batch Transform.",
         )
     if answer.seconds > contract.DEFAULT_TIMEOUT_S:
         return Check(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sagehost import contract
+from sagehost.errors import UpstreamTimeout, UpstreamUnavailable
 from sagehost.image.engine import Engine, find_engine
 from sagehost.local.launch import HealthCheckFailed, Launched, free_port, launch_container, wait_healthy
 from sagehost.local.modes import STARTUP_DEADLINE_S, sagemaker_run
@@ -77,19 +78,27 @@ def _starts(
             else "The log lines above say why."
         )
         return Check(name, False, f"{exc}\n{launched.log_tail()}", fix), False
-    if payloads:  # /ping's first 200 promises that the model answers: hold it to that at once
-        path, content_type = payloads[0]
-        answer = call("POST", launched.url + "/invocations", path.read_bytes(), {"Content-Type": content_type})
-        if not 200 <= answer.status < 300:
-            early = Check(
-                name,
-                False,
-                f"/ping said 200 but the first invocation got HTTP {answer.status}",
-                "Answer /ping with 503 until the model is loaded and has answered one warm-up call: SageMaker "
-                "sends traffic as soon as /ping says 200.",
-            )
-            return early, True
+    if payloads and (got := _first_invocation(launched.url, payloads[0])):
+        # /ping's first 200 promises that the model answers: hold it to that at once.
+        early = Check(
+            name,
+            False,
+            f"/ping said 200 but the first invocation got {got}",
+            "Answer /ping with 503 until the model is loaded and has answered one warm-up call: SageMaker "
+            "sends traffic as soon as /ping says 200.",
+        )
+        return early, True
     return Check(name, True, f"200 after {seconds:.1f} s"), True
+
+
+def _first_invocation(url: str, payload: tuple[Path, str]) -> str | None:
+    """What went wrong with the first invocation, or None when it got a 2xx."""
+    path, content_type = payload
+    try:
+        answer = call("POST", url + "/invocations", path.read_bytes(), {"Content-Type": content_type})
+    except (UpstreamTimeout, UpstreamUnavailable) as exc:
+        return exc.message
+    return None if answer.ok else f"HTTP {answer.status}"
 
 
 def _read_only(launched: Launched) -> Check:

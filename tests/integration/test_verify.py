@@ -90,7 +90,7 @@ def test_the_classic_flask_recipe_fails_with_causes_and_fixes(classic: str, payl
 
 def test_nothing_listening_is_a_failure_not_a_crash(tmp_path: Path) -> None:
     done = verify(f"http://127.0.0.1:{free_port()}")
-    assert done.returncode == 1 and "no answer" in done.stdout and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "No answer from" in done.stdout and "Traceback" not in done.stderr
 
 
 @pytest.fixture

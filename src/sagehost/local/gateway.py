@@ -6,125 +6,214 @@ container's status and body. This gateway does the same, so a local run fails th
 endpoint would. It answers `POST /invocations` and the runtime API's own path,
 `POST /endpoints/<name>/invocations`, so boto3 pointed at it (`endpoint_url=`) works unchanged.
 https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html
+
+It is an ASGI app, served by sagehost's own HTTP server (`serve_gateway`); it forwards over a
+bounded httpx pool (sagehost.http.outbound), reading at most the payload limit of any answer.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
+import socket
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
 
-from sagehost.errors import StartupError
+import httpx
+
+from sagehost.errors import PayloadTooLarge, StartupError, UpstreamTimeout, UpstreamUnavailable
+from sagehost.http.limits import Limits as HttpLimits
+from sagehost.http.outbound import async_client, send_async
+from sagehost.http.server import Connection, HttpServer
 from sagehost.local.modes import Limits
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 _INVOKE_PATH = re.compile(r"^/(?:endpoints/[^/]+/)?invocations$")
 _PASSED_UP = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes", "x-amzn-sagemaker-inference-id")
 _CONTAINER = "primary"  # the name SageMaker gives a single-container endpoint's container
 # GET paths SageMaker calls, with its timeouts: /ping's 2 s; Batch Transform's /execution-parameters.
 _PLATFORM_GETS = {"/ping": 2.0, "/execution-parameters": 10.0}
+_TIMED_OUT = f"Your invocation timed out while waiting for a response from container {_CONTAINER}."
+_POOL = 64  # connections to the container at once; more requests wait for one, within their timeout
+_JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 
 
-class Gateway(ThreadingHTTPServer):
-    daemon_threads = True
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
 
-    def __init__(self, port: int, limits: Limits) -> None:
-        try:
-            super().__init__(("127.0.0.1", port), _Handler)
-        except OSError as exc:
-            raise StartupError(f"Cannot listen on 127.0.0.1:{port} ({exc.strerror}): pick another --port.") from None
-        self.container = ("127.0.0.1", 8080)
+
+class Gateway:
+    """The runtime stand-in as an ASGI app, in front of the container at `container_url`.
+
+    Its pool to the container opens at the ASGI lifespan's startup (or `async with`) and closes
+    at shutdown."""
+
+    def __init__(self, limits: Limits, container_url: str) -> None:
         self.limits = limits
+        self.container_url = container_url.rstrip("/")
+        self._client: httpx.AsyncClient | None = None
 
-    def point_at(self, container_url: str) -> None:
-        parts = urlsplit(container_url)
-        self.container = (parts.hostname or "127.0.0.1", parts.port or 8080)
+    async def __aenter__(self) -> Gateway:
+        self._client = async_client(_POOL)
+        return self
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, daemon=True)
-        thread.start()
-        return thread
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
+    async def __call__(self, scope: Message, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            reply = await self._answer(scope, receive)
+            headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "http.response.body", "body": reply.body})
 
-class _Handler(BaseHTTPRequestHandler):
-    server: Gateway
-    protocol_version = "HTTP/1.1"
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.__aenter__()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.__aexit__()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: the container's own log says what happened."""
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        if path in _PLATFORM_GETS:  # what SageMaker itself asks the container, passed through for a look
-            self._relay("GET", path, b"", _PLATFORM_GETS[path])
-        else:
-            self._answer(404, {"message": f"No route {self.path}: use POST /invocations."})
-
-    def do_POST(self) -> None:
-        path, _, query = self.path.partition("?")
-        if not _INVOKE_PATH.match(path):
-            self._answer(404, {"message": f"No route {path}: use POST /invocations."})
-            return
-        size = int(self.headers.get("Content-Length") or 0)
-        if size > self.server.limits.payload_bytes:
-            self.close_connection = True  # the body stays unread
-            self._answer(413, {"message": f"HTTP content length exceeded {self.server.limits.payload_bytes} bytes."})
-            return
-        body = self.rfile.read(size)
-        self._relay("POST", "/invocations" + (f"?{query}" if query else ""), body, self.server.limits.timeout_s)
-
-    def _relay(self, method: str, path: str, body: bytes, timeout: float) -> None:
-        host, port = self.server.container
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        headers = {k: v for k, v in self.headers.items() if k.lower() in _PASSED_UP}
-        try:
-            connection.request(method, path, body=body if method == "POST" else None, headers=headers)
-            response = connection.getresponse()
-            answer = response.read()
-        except TimeoutError:
-            self._model_error(0, f"Your invocation timed out while waiting for a response from container {_CONTAINER}.")
-            return
-        except OSError as exc:
-            self._model_error(0, f"The container {_CONTAINER} could not be reached: {exc}.")
-            return
-        finally:
-            connection.close()
-        if response.status >= 400 and path.startswith("/invocations"):
-            self._model_error(response.status, answer.decode("utf-8", errors="replace"))
-            return
-        if len(answer) > self.server.limits.payload_bytes:
-            self._model_error(0, f"The response of {len(answer)} bytes is over the payload limit.")
-            return
-        passed = [
-            (k, v) for k, v in response.getheaders() if k.lower() == "content-type" or k.lower().startswith("x-amzn-")
-        ]
-        self._send(response.status, answer, [*passed, ("x-Amzn-Invoked-Production-Variant", "AllTraffic")])
-
-    def _model_error(self, status: int, message: str) -> None:
-        """InvokeEndpoint's ModelError, as boto3 receives it."""
-        kind = "client" if 400 <= status < 500 else "server"
-        text = f'Received {kind} error ({status}) from {_CONTAINER} with message "{message}". See the container log.'
-        print(f"[local] ModelError: {text}", file=sys.stderr, flush=True)
-        error = {
-            "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
-            "Message": text,
-            "OriginalStatusCode": status,
-            "OriginalMessage": message,
-            "LogStreamArn": "local",
+    async def _answer(self, scope: Message, receive: Receive) -> _Reply:
+        method, path = scope["method"], scope["path"]
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name.decode("latin-1").lower() in _PASSED_UP
         }
-        self._answer(424, error, [("x-amzn-ErrorType", "ModelError:")])
+        if method == "GET" and path in _PLATFORM_GETS:  # what SageMaker itself asks, passed through for a look
+            return await self._relay("GET", path, None, headers, _PLATFORM_GETS[path])
+        if method == "POST" and _INVOKE_PATH.match(path):
+            limit = self.limits.payload_bytes
+            body = await _body(scope, receive, limit)
+            if body is None:
+                return _json(413, {"message": too_large(limit).message}, _CLOSE)  # the body stays unread
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = "/invocations" + (f"?{query}" if query else "")
+            return await self._relay("POST", target, body, headers, self.limits.timeout_s)
+        if path in _PLATFORM_GETS or _INVOKE_PATH.match(path):
+            return _json(405, {"message": f"{method} {path} is not answered: use POST /invocations."})
+        return _json(404, {"message": f"No route {path}: use POST /invocations."})
 
-    def _answer(self, status: int, payload: dict[str, object], headers: list[tuple[str, str]] | None = None) -> None:
-        body = json.dumps(payload).encode()
-        self._send(status, body, [("Content-Type", "application/json"), *(headers or [])])
+    async def _relay(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> _Reply:
+        if self._client is None:
+            raise RuntimeError("The gateway's pool is closed: serve it with its lifespan, or `async with` it.")
+        invocation = path.startswith("/invocations")
+        try:
+            answer = await send_async(
+                self._client,
+                method,
+                self.container_url + path,
+                body=body,
+                headers=headers,
+                timeout=timeout,
+                max_body=self.limits.payload_bytes,
+            )
+        except UpstreamTimeout as exc:
+            return _model_error(0, _TIMED_OUT if invocation else exc.message)
+        except UpstreamUnavailable as exc:  # unreachable, broken off, or an answer over the limit
+            return _model_error(0, exc.message)
+        if answer.status >= 400 and invocation:
+            return _model_error(answer.status, answer.body.decode("utf-8", errors="replace"))
+        passed = [
+            (name, value)
+            for name, value in answer.headers.raw
+            if name.lower() == b"content-type" or name.lower().startswith(b"x-amzn-")
+        ]
+        return _Reply(answer.status, [*passed, (b"x-Amzn-Invoked-Production-Variant", b"AllTraffic")], answer.body)
 
-    def _send(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-        self.send_response(status)
-        for key, value in headers:
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+
+def too_large(limit: int) -> PayloadTooLarge:
+    """InvokeEndpoint's 413, in its words; answered by the gateway as `{"message": ...}`."""
+    return _RuntimeTooLarge(f"HTTP content length exceeded {limit} bytes.")
+
+
+class _RuntimeTooLarge(PayloadTooLarge):
+    """PayloadTooLarge in the runtime's shape, for the refusal sagehost's server writes itself
+    (before the gateway sees the request): `{"message": ...}`, not sagehost's error body."""
+
+    def body(self, request_id: str | None = None) -> bytes:
+        return json.dumps({"message": self.message}).encode()
+
+
+class _RuntimeConnection(Connection):
+    """The server's own 413 (a declared length over the limit, or a chunked body past it) in the
+    runtime's shape."""
+
+    def _too_large(self) -> PayloadTooLarge:
+        return too_large(self._limits.body_bytes)
+
+
+def listen(port: int) -> socket.socket:
+    """The gateway's socket on 127.0.0.1:`port`, bound before anything starts, so a taken port
+    fails first."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"Cannot listen on 127.0.0.1:{port} ({exc.strerror}): pick another --port.") from None
+    return sock
+
+
+def gateway_server(gateway: Gateway) -> HttpServer:
+    """sagehost's HTTP server for `gateway`, with its payload limit; `serve(sock)` runs it."""
+    return HttpServer(gateway, HttpLimits(body_bytes=gateway.limits.payload_bytes), _RuntimeConnection)
+
+
+async def _body(scope: Message, receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None when it is over `limit` (by its declared length, unread)."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # a chunked body has no declared length
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _model_error(status: int, message: str) -> _Reply:
+    """InvokeEndpoint's ModelError, as boto3 receives it."""
+    kind = "client" if 400 <= status < 500 else "server"
+    text = f'Received {kind} error ({status}) from {_CONTAINER} with message "{message}". See the container log.'
+    print(f"[local] ModelError: {text}", file=sys.stderr, flush=True)
+    error = {
+        "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+        "Message": text,
+        "OriginalStatusCode": status,
+        "OriginalMessage": message,
+        "LogStreamArn": "local",
+    }
+    return _json(424, error, (b"x-amzn-ErrorType", b"ModelError:"))
+
+
+def _json(status: int, payload: dict[str, object], *headers: tuple[bytes, bytes]) -> _Reply:
+    return _Reply(status, [_JSON, *headers], json.dumps(payload).encode())

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sagehost import contract
-from sagehost.errors import StartupError
+from sagehost.errors import StartupError, UpstreamTimeout, UpstreamUnavailable
+from sagehost.http.outbound import send
 from sagehost.image.engine import Engine
 from sagehost.local.modes import Run
-from sagehost.verify import call
 
 STOP_GRACE_S = 30  # SageMaker sends SIGKILL 30 s after SIGTERM
 _POLL_S = 0.5
+_PING_ANSWER_BYTES = 64 * 1024  # /ping's answer is read only for its status
 
 
 class HealthCheckFailed(StartupError):
@@ -141,8 +142,8 @@ def _relay(launched: Launched) -> None:
 def ping(url: str) -> int | None:
     """/ping's status within SageMaker's 2 s, or None when nothing answered in time."""
     try:
-        return call("GET", url + "/ping", timeout=contract.PING_TIMEOUT_S).status
-    except (OSError, TimeoutError):
+        return send("GET", url + "/ping", timeout=contract.PING_TIMEOUT_S, max_body=_PING_ANSWER_BYTES).status
+    except (UpstreamTimeout, UpstreamUnavailable):
         return None
 
 

@@ -4,16 +4,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ from pathlib import Path
 from sagehost.config import Settings
 from sagehost.errors import StartupError
 from sagehost.image.engine import find_engine
-from sagehost.local.gateway import Gateway
+from sagehost.local.gateway import Gateway, gateway_server, listen
 from sagehost.local.launch import (
     HealthCheckFailed,
     Launched,
@@ -59,29 +59,24 @@ def local_serve(request: ServeRequest, say: Say) -> int:
         batch_strategy=request.batch_strategy,
         timeout_s=request.invocation_timeout_s,
     )
-    gateway = Gateway(request.port, run.limits)  # bound first: a taken port fails before anything starts
-    try:
-        with model_folder(request.model_data, say) as model_dir:
-            launched = _launch(request, run, model_dir)
-            try:
-                ready_in = wait_for_ping(launched, request.startup_timeout_s)
-            except HealthCheckFailed as exc:
-                launched.stop()
-                say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
-                return 1
-            gateway.point_at(launched.url)
-            gateway.start()
-            say(
-                f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: sagehost invoke --url "
-                f"http://127.0.0.1:{gateway.server_address[1]} FILE --content-type text/csv   (Ctrl-C stops it)"
-            )
-            try:
-                exited_alone = _serve_until_stopped(launched, say)
-            finally:
-                gateway.shutdown()
-            seconds, code = launched.stop()
-    finally:
-        gateway.server_close()
+    # The gateway's socket is bound first: a taken port fails before anything starts.
+    with listen(request.port) as sock, model_folder(request.model_data, say) as model_dir:
+        launched = _launch(request, run, model_dir)
+        try:
+            ready_in = wait_for_ping(launched, request.startup_timeout_s)
+        except HealthCheckFailed as exc:
+            launched.stop()
+            say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
+            return 1
+        except KeyboardInterrupt:  # Ctrl-C while it starts: its own session does not get the signal
+            launched.stop()
+            raise
+        say(
+            f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: sagehost invoke --url "
+            f"http://127.0.0.1:{sock.getsockname()[1]} FILE --content-type text/csv   (Ctrl-C stops it)"
+        )
+        exited_alone = asyncio.run(_serve_until_stopped(Gateway(run.limits, launched.url), sock, launched, say))
+        seconds, code = launched.stop()
     if exited_alone:
         say(f"The {launched.label} exited on its own (code {code}): SageMaker would replace the instance.")
         return 1
@@ -100,21 +95,31 @@ def _launch(request: ServeRequest, run: Run, model_dir: Path | None) -> Launched
     )
 
 
-def _serve_until_stopped(launched: Launched, say: Say) -> bool:
-    """Until SIGINT/SIGTERM (False) or the server's own exit (True), pinging it as SageMaker does."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(_HEALTH_EVERY_S):
-            if launched.process.poll() is not None:
-                return True
-            status = ping(launched.url)
-            if status != 200:
-                say(f"Health check failed (HTTP {status or 'timeout'}): SageMaker would take this instance out.")
-        return False
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+async def _serve_until_stopped(gateway: Gateway, sock: socket.socket, launched: Launched, say: Say) -> bool:
+    """The gateway until SIGINT/SIGTERM (False) or the server's own exit (True), pinging the
+    server meanwhile as SageMaker does. Either way the gateway drains first."""
+    server = gateway_server(gateway)
+    serving = asyncio.ensure_future(server.serve(sock))  # it stops on SIGINT/SIGTERM
+    exited = asyncio.ensure_future(_watch(launched, say))
+    await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+    exited_alone = exited.done()
+    if exited_alone:
+        server.stop()
+    else:
+        exited.cancel()
+    await serving
+    return exited_alone
+
+
+async def _watch(launched: Launched, say: Say) -> None:
+    """Returns when the server exits on its own; pings it every few seconds until then."""
+    while True:
+        await asyncio.sleep(_HEALTH_EVERY_S)
+        if launched.process.poll() is not None:
+            return
+        status = await asyncio.to_thread(ping, launched.url)
+        if status != 200:
+            say(f"Health check failed (HTTP {status or 'timeout'}): SageMaker would take this instance out.")
 
 
 @contextmanager
