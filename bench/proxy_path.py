@@ -12,7 +12,6 @@ measures is everything the proxy does per request except the socket calls and th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from typing import Any
 
@@ -21,8 +20,9 @@ import uvloop
 import floor_proxy
 from sagehost.app import App
 from sagehost.config import Settings
+from sagehost.http.client import Client, _Connection
+from sagehost.http.limits import Limits
 from sagehost.http.server import HttpServer, _Lifespan
-from sagehost.proxy.client import Client, _Connection
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.proxy.relay import RelayConnection
 from sagehost.proxy.service import ProxyService
@@ -80,9 +80,9 @@ async def sagehost(requests: int) -> float:
     lifespan = _Lifespan(app)
     await lifespan.start()
     pool, _ = client.route(UPSTREAM)
-    upstream = _Pooled(pool, _Connection(asyncio.get_running_loop()))
+    upstream = _Pooled(pool, _Connection(pool))
     try:
-        return timed(RelayConnection(HttpServer(app, settings, RelayConnection)), upstream, requests)
+        return timed(RelayConnection(HttpServer(app, Limits.of(settings), RelayConnection)), upstream, requests)
     finally:
         await lifespan.stop()
 

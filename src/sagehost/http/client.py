@@ -1,12 +1,32 @@
-"""A pooled keep-alive HTTP/1.1 client for one upstream, on asyncio with httptools' parser.
+"""The proxy's pooled keep-alive HTTP/1.1 client for its upstream, on asyncio with httptools' parser.
 
 The proxy forwards thousands of requests a second to one host over loopback, beside a scoring
 server that wants every core; a general client's per-request machinery (URL objects, header
 classes, a task and a future per call) would cost more than the forwarding. So the core is
 callbacks: `Client.send` writes the request on a pooled connection and calls `done` once with
 the response or the error, with no task, future or timer made per request. `Client.request` is
-the same thing awaited. Connections are kept and reused; one that the upstream closed while idle is
-replaced and the request retried once, since it never reached the server.
+the same thing awaited.
+
+It never invents, duplicates or changes work, whatever the upstream does (issue 14):
+- A request is sent again only when it provably never left. A pooled connection is used only if
+  it is open, younger than `max_age` and idle for less than `_IDLE_REUSE_S` (shorter than common
+  servers' keep-alive timeouts: gunicorn's 2 s, uvicorn's 5 s, so they do not close it just as a
+  request is written); one found closed before any byte is written is dropped and another used.
+  Once bytes are written, a broken connection is a 502 for a POST: the scoring server may have
+  received it, and a second copy would score it twice (or repeat its side effects). Only GET,
+  idempotent (RFC 9110 §9.2.2), is retried once on a fresh connection.
+- Redirects as RFC 9110 §15.4 defines them: 307 and 308 are followed with the same method and
+  body; 301, 302 and 303 only for GET (health checks). A POST answered 301/302/303 is a 502 that
+  names the status and Location: re-sending it as GET would drop its body, and re-sending the
+  POST is not what those statuses promise.
+- Bounded: the answer's body (`max_body`: a larger Content-Length is refused before any of it is
+  read, chunked and close-delimited bodies are counted as they arrive), its header section
+  (64 KiB), connections per origin (`max_connections`; more requests wait for one to come
+  free), idle connections kept (64), origins with a pool (4, the least recently used dropped),
+  redirect hops (5). Each of those ends in a 502 and the connection dropped. Every wait — connect,
+  a free connection, writing, the head, the body — ends at the request's deadline (504).
+- An answer nobody asked for (bytes on an idle connection, a second answer after the first) closes
+  the connection, so it can never be read as the next request's answer.
 
 Connections are replaced once they are `max_age` seconds old. A scoring server with several
 worker processes on one listening socket (uvicorn, gunicorn, MLflow's) serves each connection in
@@ -25,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import http
 import math
 import urllib.parse
 from collections.abc import Callable
@@ -33,13 +54,21 @@ from typing import Any
 
 import httptools
 
-from sagehost.errors import SagehostError, UpstreamTimeout, UpstreamUnavailable
+from sagehost.errors import SagehostError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 
 Headers = list[tuple[bytes, bytes]]
+MIB = 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_KEEPS_METHOD = frozenset({307, 308})  # RFC 9110 §15.4.8, §15.4.9
+_RETRIED = frozenset({"GET"})  # idempotent and sent without a body: safe to send twice
 _MAX_REDIRECTS = 5
+_MAX_HEAD = 64 * 1024  # as the server's own default for requests (nginx's large_client_header_buffers)
+_IDLE_REUSE_S = 1.0
+_MAX_IDLE = 64
+_POOLS_KEPT = 4  # the upstream's origin and a few redirect targets
 _HEADS_KEPT = 64  # request lines kept made; more only if query strings vary
 _ROUTES_KEPT = 256
+_NO_BODY = frozenset({204, 304})
 
 
 @dataclass(slots=True)
@@ -59,6 +88,9 @@ class Response:
 Outcome = Response | SagehostError
 Done = Callable[[Outcome], None]
 """Called exactly once per request: with the upstream's response, or with the error to answer."""
+_Answer = Callable[[Response | Exception], None]
+"""A connection's report: the response, a SagehostError (its final word on a broken answer),
+ConnectionResetError (closed before answering) or TimeoutError (the deadline passed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,63 +105,154 @@ class Origin:
             raise ValueError(f"{url!r}: the upstream must be an http:// URL with a host")
         return Origin(parts.hostname, parts.port or 80)
 
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing; the reason is on the connection."""
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request on it at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self._max_body = pool.max_body
+        self._cap_digits = len(str(pool.max_body))
         self._parser = httptools.HttpResponseParser(self)
         self._transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
-        self._done: Callable[[Response | Exception], None] | None = None
+        self._done: _Answer | None = None
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._headers: Headers = []
         self._body: list[bytes] = []
+        self._body_size = 0
+        self._head_room = _MAX_HEAD
+        self._in_body = False  # the current answer's head is complete
+        self._response: Response | None = None  # complete, handed on once the bytes read are parsed
+        self._failure: SagehostError | None = None
+        self._counted = False
         self.open = False
         self.keep_alive = True
         self.retire_at = math.inf
         """When the pool replaces it rather than reuse it (loop time)."""
+        self.reusable_until = 0.0
+        """While idle: when it is too old, or has been idle too long, to be used again."""
 
-    def send(self, raw: bytes, timeout: float, done: Callable[[Response | Exception], None]) -> None:
+    def send(self, raw: bytes, deadline: float, done: _Answer) -> bool:
+        """Write a request; False, with nothing written, if the connection is already closed."""
+        if not self.open or self._transport.is_closing():
+            return False
         self._done = done
-        self._deadline = self._loop.time() + timeout
+        self._deadline = deadline
+        self._head_room, self._in_body = _MAX_HEAD, False
         # One timer per connection, moved only when it would fire too late: arming and
         # cancelling one per request is a measurable share of a proxy's time.
-        if self._timer is None or self._timer.when() > self._deadline:
-            self._arm(self._deadline)
+        if self._timer is None or self._timer.when() > deadline:
+            self._arm(deadline)
         self._transport.write(raw)
+        return True
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
         self.open = True
+        self._counted = True
+        self._pool.opened()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError:
+        if self._done is None:  # an answer nobody asked for: it must not answer the next request
             self.close()
-            self._finish(ConnectionError("the upstream sent a malformed HTTP response"))
+            return
+        try:
+            if self._in_body:
+                self._parser.feed_data(data)
+            elif len(data) <= self._head_room:
+                self._head_room -= len(data)
+                self._parser.feed_data(data)
+            else:
+                self._feed_to_cap(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, _Stop) as exc:
+            if self._response is None:
+                self._fail(self._failure or _malformed(exc))
+                return
+            self.close()  # bytes after a whole answer: the upstream is out of step with us
+        response = self._response
+        if response is not None:  # handed on only now: the bytes read are all parsed
+            self._response = None
+            self._finish(response)
+
+    def _feed_to_cap(self, data: bytes) -> None:
+        """Bytes that would take the head past its cap: fed up to it, and the rest only if the
+        head ended there. httptools gathers a header's value whole before it calls back, so the
+        cap is counted here, on the bytes."""
+        room = self._head_room
+        self._parser.feed_data(data[:room])
+        if not self._in_body and self._response is None:
+            self._failure = UpstreamUnavailable(
+                f"The scoring server's answer has a header section over {_MAX_HEAD // 1024} KiB; "
+                "the connection was dropped."
+            )
+            raise _Stop
+        self._head_room = 0
+        self._parser.feed_data(data[room:])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
+        self._uncount()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._done is None:
+            return
+        if self._in_body and not self._framed() and self._parser.get_status_code() not in _NO_BODY:
+            # No Content-Length nor chunked: the body ends where the connection does (RFC 9112 §6.3).
+            self.keep_alive = False
+            self._finish(Response(self._parser.get_status_code(), self._headers, b"".join(self._body)))
+            return
         self._finish(ConnectionResetError("the upstream closed the connection"))
 
+    def _framed(self) -> bool:
+        """Whether the answer has a Content-Length or Transfer-Encoding, so it does not end at close."""
+        return any(name in (b"content-length", b"transfer-encoding") for name, _ in self._headers)
+
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._response is not None:  # a second answer to one request
+            raise _Stop
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value))
 
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        for name, value in self._headers:
+            # llhttp has checked it is digits; only one as long as the cap's can be over it
+            if name == b"content-length" and len(value) >= self._cap_digits and int(value) > self._max_body:
+                self._failure = _too_large(
+                    f"The scoring server's answer is {int(value)} bytes, over the {_mib(self._max_body)} limit"
+                )
+                raise _Stop
+
     def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._failure = _too_large(f"The scoring server's answer is larger than the {_mib(self._max_body)} limit")
+            raise _Stop
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:  # an interim answer (100 Continue, 103 Early Hints): the final one follows
+            self._headers, self._in_body = [], False
+            return
         self.keep_alive = self._parser.should_keep_alive()
         chunks = self._body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        response = Response(self._parser.get_status_code(), self._headers, body)
-        self._headers, self._body = [], []
-        self._finish(response)
+        self._response = Response(status, self._headers, body)
+        self._headers, self._body, self._body_size = [], [], 0
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -143,65 +266,136 @@ class _Connection(asyncio.Protocol):
         if self._loop.time() < self._deadline:
             self._arm(self._deadline)  # this timer was set for an earlier request
             return
-        self.close()  # a late answer must not be read as the next request's
-        self._finish(TimeoutError())
+        self._fail(TimeoutError())  # closed: a late answer must not be read as the next request's
+
+    def _fail(self, outcome: Exception) -> None:
+        self.close()
+        self._finish(outcome)
 
     def _finish(self, outcome: Response | Exception) -> None:
         done, self._done = self._done, None
         if done is not None:
             done(outcome)
 
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._pool.closed_one()
+
     def close(self) -> None:
         self.open = False
+        self.keep_alive = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._transport is not None:
             self._transport.close()
+        self._uncount()
+
+
+def _too_large(what: str) -> UpstreamTooLarge:
+    return UpstreamTooLarge(
+        f"{what} (--upstream-max-body-mb, SAGEHOST_UPSTREAM_MAX_BODY_MB); the connection was dropped."
+    )
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:g} MiB" if size >= MIB else f"{size} bytes"
+
+
+def _malformed(exc: Exception) -> UpstreamUnavailable:
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return UpstreamUnavailable("The scoring server switched protocols (HTTP 101), which sagehost never asks for.")
+    return UpstreamUnavailable("The scoring server sent a malformed HTTP answer; the connection was dropped.")
 
 
 class Pool:
-    """Keep-alive connections to one origin, at most `size` kept idle, each reused until it is
-    `max_age` seconds old."""
+    """Connections to one origin: at most `max_connections` open, at most 64 kept idle, each
+    reused until it is `max_age` seconds old or has been idle for `_IDLE_REUSE_S`."""
 
     def __init__(
-        self, origin: Origin, loop: asyncio.AbstractEventLoop, size: int = 64, max_age: float = math.inf
+        self,
+        origin: Origin,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        max_age: float = math.inf,
+        max_body: int = 6 * MIB,
+        max_connections: int = 100,
     ) -> None:
         self.origin = origin
         self.loop = loop
-        self._idle: collections.deque[_Connection] = collections.deque()
-        self._size = size
+        self.max_body = max_body
+        self.closed = False
         self._max_age = max_age
-        self._host_header = f"{origin.host}:{origin.port}".encode()
+        self._max_connections = max_connections
+        self._idle: collections.deque[_Connection] = collections.deque()
+        self._waiting: collections.deque[_Call] = collections.deque()
+        self._open = 0  # connections made and not yet closed
+        self._connecting: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
+        self._host_header = str(origin).encode()
         self._heads: dict[tuple[str, str], bytes] = {}
 
-    def take(self) -> _Connection | None:
+    def acquire(self, call: _Call, now: float) -> None:
+        """Give `call` a connection: an idle one, a new one, or the next to come free."""
+        conn = self._take(now)
+        if conn is not None:
+            call.use(conn, True)
+        elif self._open + len(self._connecting) < self._max_connections:
+            self._connect(call)
+        else:
+            call.wait()
+            self._waiting.append(call)
+
+    def _take(self, now: float) -> _Connection | None:
         # Oldest first: load spreads over every connection, so over every upstream worker.
         while self._idle:
             conn = self._idle.popleft()
-            if conn.open:
+            if conn.open and now < conn.reusable_until:
                 return conn
+            conn.close()
         return None
 
-    async def connect(self, timeout: float) -> _Connection:
-        protocol = functools.partial(_Connection, self.loop)
-        connecting = self.loop.create_connection(protocol, self.origin.host, self.origin.port)
-        _, conn = await asyncio.wait_for(connecting, timeout)
+    def _connect(self, call: _Call) -> None:
+        task = self.loop.create_task(self._open_for(call))
+        self._connecting.add(task)
+        task.add_done_callback(self._connecting.discard)
+
+    async def _open_for(self, call: _Call) -> None:
+        protocol = functools.partial(_Connection, self)
+        try:
+            connecting = self.loop.create_connection(protocol, self.origin.host, self.origin.port)
+            _, conn = await asyncio.wait_for(connecting, max(0.0, call.deadline - self.loop.time()))
+        except (OSError, TimeoutError) as exc:
+            call.unreachable(exc)
+            return
         conn.retire_at = self.loop.time() + self._max_age
-        return conn
+        call.use(conn, False)
 
     def give_back(self, conn: _Connection) -> None:
-        if conn.open and conn.keep_alive and len(self._idle) < self._size and self.loop.time() < conn.retire_at:
-            self._idle.append(conn)
-        else:
-            conn.close()
+        now = self.loop.time()
+        if conn.open and conn.keep_alive and now < conn.retire_at:
+            if self._waiting:
+                self._waiting.popleft().woken().use(conn, True)
+                return
+            if not self.closed and len(self._idle) < _MAX_IDLE:
+                idle_until = now + _IDLE_REUSE_S
+                conn.reusable_until = idle_until if idle_until < conn.retire_at else conn.retire_at
+                self._idle.append(conn)
+                return
+        conn.close()
 
-    def failure(self, exc: Exception, timeout: float) -> SagehostError:
-        if isinstance(exc, TimeoutError):
-            return UpstreamTimeout(f"The scoring server did not answer within {timeout:g} s.")
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        where = f"{self.origin.host}:{self.origin.port}"
-        return UpstreamUnavailable(f"The scoring server at {where} is not reachable ({reason}).")
+    def opened(self) -> None:
+        self._open += 1
+
+    def closed_one(self) -> None:
+        self._open -= 1
+        if self._waiting and self._open + len(self._connecting) < self._max_connections:
+            self._connect(self._waiting.popleft().woken())
+
+    def forget(self, call: _Call) -> None:
+        """A waiting call gave up."""
+        if call in self._waiting:
+            self._waiting.remove(call)
 
     def serialize(self, method: str, target: str, headers: Headers, body: bytes) -> bytes:
         head = self._heads.get((method, target))
@@ -215,6 +409,8 @@ class Pool:
         return b"\r\n".join(lines)
 
     def close(self) -> None:
+        """Drop the idle connections and keep none from now on; requests under way finish."""
+        self.closed = True
         while self._idle:
             self._idle.pop().close()
 
@@ -226,12 +422,11 @@ def _split(url: str) -> tuple[Origin, str]:
 
 
 class _Call:
-    """One request from `Client.send` to its `done`: on a pooled connection (retried once on a
-    fresh one when a reused connection turns out to have been closed while idle: the request
-    never reached the server), with redirects followed (SageMaker's runtime does not follow them)."""
+    """One request from `Client.send` to its `done`, through connections, retries and redirects,
+    all before one deadline."""
 
-    __slots__ = ("_body", "_client", "_conn", "_done", "_headers", "_hops", "_method", "_pool", "_raw", "_reused",
-                 "_timeout", "_url")  # fmt: skip
+    __slots__ = ("_body", "_client", "_conn", "_done", "_headers", "_hops", "_method", "_pool", "_raw", "_retried",
+                 "_reused", "_timeout", "_timer", "_url", "deadline")  # fmt: skip
 
     def __init__(
         self, client: Client, method: str, url: str, headers: Headers, body: bytes, *, timeout: float, done: Done
@@ -241,10 +436,13 @@ class _Call:
         self._timeout = timeout
         self._done = done
         self._hops = 0
+        self._retried = False
         self._reused = False
         self._raw = b""
         self._pool: Pool | None = None
         self._conn: _Connection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
 
     def start(self) -> None:
         try:
@@ -252,24 +450,50 @@ class _Call:
         except ValueError as exc:
             self._done(UpstreamUnavailable(f"The scoring server redirected to an unusable URL ({exc})."))
             return
+        now = pool.loop.time()
+        if not self.deadline:
+            self.deadline = now + self._timeout
         self._pool = pool
         self._raw = pool.serialize(self._method, target, self._headers, self._body)
-        conn = pool.take()
-        if conn is None:
-            pool.loop.create_task(self._connect(pool))
-        else:
-            self._reused = True
-            self._conn = conn
-            conn.send(self._raw, self._timeout, self)
+        pool.acquire(self, now)
 
-    async def _connect(self, pool: Pool) -> None:
-        self._reused = False
-        try:
-            self._conn = await pool.connect(self._timeout)
-        except (OSError, TimeoutError) as exc:
-            self._done(pool.failure(exc, self._timeout))
+    def use(self, conn: _Connection, reused: bool) -> None:
+        """Send on `conn`; a connection found closed before a byte was written is dropped and
+        another taken: the request provably never left."""
+        pool = self._pool
+        assert pool is not None
+        self._conn, self._reused = conn, reused
+        if conn.send(self._raw, self.deadline, self):
             return
-        self._conn.send(self._raw, self._timeout, self)
+        conn.close()
+        if reused:
+            pool.acquire(self, pool.loop.time())
+        else:  # a new connection, closed at once: the server is not taking requests
+            self._done(self._failure(ConnectionResetError("the upstream closed a new connection at once")))
+
+    def wait(self) -> None:
+        """Queued for a connection to come free, until the deadline."""
+        assert self._pool is not None
+        self._timer = self._pool.loop.call_at(self.deadline, self._gave_up)
+
+    def woken(self) -> _Call:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self
+
+    def _gave_up(self) -> None:
+        assert self._pool is not None
+        self._timer = None
+        self._pool.forget(self)
+        self._done(self._failure(TimeoutError()))
+
+    def unreachable(self, exc: Exception) -> None:
+        if isinstance(exc, TimeoutError):
+            self._done(self._failure(exc))
+            return
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self._done(UpstreamUnavailable(f"The scoring server at {self._where} is not reachable ({reason})."))
 
     def __call__(self, outcome: Response | Exception) -> None:
         """The connection's answer."""
@@ -283,48 +507,92 @@ class _Call:
                 self._done(outcome)
             return
         conn.close()
-        if self._reused and isinstance(outcome, ConnectionError):
-            pool.loop.create_task(self._connect(pool))
+        if isinstance(outcome, ConnectionError) and self._method in _RETRIED and not self._retried:
+            self._retried = True
+            pool.acquire(self, pool.loop.time())
         else:
-            self._done(pool.failure(outcome, self._timeout))
+            self._done(self._failure(outcome))
+
+    def _failure(self, exc: Exception) -> SagehostError:
+        if isinstance(exc, SagehostError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(f"The scoring server did not answer within {self._timeout:g} s.")
+        if self._method in _RETRIED:
+            return UpstreamUnavailable(f"The scoring server at {self._where} closed the connection before answering.")
+        return UpstreamUnavailable(
+            f"The scoring server at {self._where} closed the connection mid-request, before answering. "
+            f"sagehost did not send the {self._method} again: the scoring server may have received it, "
+            "and a second copy would be scored twice."
+        )
+
+    @property
+    def _where(self) -> str:
+        return str(self._pool.origin) if self._pool is not None else self._url
 
     def _redirect(self, response: Response) -> None:
         location = response.header(b"location")
-        if location is None:
+        if location is None:  # a 3xx without a Location is an answer like any other
             self._done(response)
+        elif response.status not in _KEEPS_METHOD and self._method != "GET":
+            self._done(_unfollowed(response.status, self._method, location))
         elif self._hops == _MAX_REDIRECTS:
             self._done(UpstreamUnavailable(f"The scoring server redirected more than {_MAX_REDIRECTS} times."))
         else:
             self._hops += 1
+            self._retried = False
             self._url = urllib.parse.urljoin(self._url, location.decode("latin-1"))
-            if response.status == 303:
-                self._method, self._body = "GET", b""
             self.start()
+
+
+def _unfollowed(status: int, method: str, location: bytes) -> UpstreamUnavailable:
+    phrase = http.HTTPStatus(status).phrase
+    where = location[:200].decode("latin-1")
+    return UpstreamUnavailable(
+        f"The scoring server answered the {method} with {status} {phrase}, to {where}. sagehost follows "
+        f"only 307 and 308 for a {method} (RFC 9110 §15.4): re-sending it as GET would drop its body, and "
+        f"re-sending the {method} is not what a {status} promises. Point --upstream at the new URL, or have "
+        "the scoring server answer 307 or 308."
+    )
 
 
 class Client:
     """Pools per origin. Use from the event loop's thread only."""
 
-    def __init__(self, max_connection_age: float = 0.0) -> None:
+    def __init__(self, max_connection_age: float = 0.0, *, max_body: int = 6 * MIB, max_connections: int = 100) -> None:
         """`max_connection_age`: seconds a connection is reused before it is replaced; 0: for as
-        long as the upstream keeps it open."""
-        self._max_age = max_connection_age if max_connection_age > 0 else math.inf
-        self._pools: dict[Origin, Pool] = {}
+        long as the upstream keeps it open. `max_body`: the largest answer read, in bytes.
+        `max_connections`: open at once to one origin; more requests wait for one to come free."""
+        self._pool_settings: dict[str, Any] = {
+            "max_age": max_connection_age if max_connection_age > 0 else math.inf,
+            "max_body": max_body,
+            "max_connections": max_connections,
+        }
+        self._pools: collections.OrderedDict[Origin, Pool] = collections.OrderedDict()
         self._routes: dict[str, tuple[Pool, str]] = {}
 
     def route(self, url: str) -> tuple[Pool, str]:
         """The pool and request target for a URL; kept, since the proxy sends nearly every
         request to one URL. ValueError for a URL the client cannot use."""
         route = self._routes.get(url)
-        if route is None:
-            origin, target = _split(url)
-            pool = self._pools.get(origin)
-            if pool is None:
-                pool = self._pools[origin] = Pool(origin, asyncio.get_running_loop(), max_age=self._max_age)
-            route = (pool, target)
-            if len(self._routes) < _ROUTES_KEPT:
-                self._routes[url] = route
+        if route is not None and not route[0].closed:
+            return route
+        origin, target = _split(url)
+        pool = self._pools.get(origin)
+        if pool is None or pool.closed:
+            pool = self._pools[origin] = Pool(origin, asyncio.get_running_loop(), **self._pool_settings)
+            if len(self._pools) > _POOLS_KEPT:  # least recently routed to
+                self._pools.popitem(last=False)[1].close()
+        self._pools.move_to_end(origin)
+        route = (pool, target)
+        if len(self._routes) < _ROUTES_KEPT or url in self._routes:
+            self._routes[url] = route
         return route
+
+    @property
+    def pools(self) -> int:
+        """Origins with a pool of connections (at most 4)."""
+        return len(self._pools)
 
     def send(self, method: str, url: str, headers: Headers, body: bytes, *, timeout: float, done: Done) -> None:
         """Send without waiting: `done` gets the final response (redirects followed) or the error."""

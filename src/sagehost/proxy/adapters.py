@@ -8,6 +8,13 @@ named output rows; sagehost's codecs do the rest (every Content-Type in, every A
 - `h2o`: H2O's REST scorer — `{"fields": […], "rows": [[…], …]}` (values as text), several rows
   per call; answers `{"fields": […], "score": [[…], …]}`.
 
+Values are never retyped on the way (issue 14): a JSON string stays a string (`"007"` is a
+category, not 7.0), a JSON number stays a number, an int an int. CSV cells are all text: a
+column declared with a type (`--upstream-columns zip:str,age:int`) is converted to it here
+(`typed`), or refused with a 400 naming the column; undeclared cells stay text, and `scr`, whose
+API takes JSON numbers, guesses them: a cell that reads as a number goes as a float (SAS has
+one numeric type, a double). `h2o` takes every value as text, so its cells go as sent.
+
 Other APIs: `--adapter-request module:function` / `--adapter-response module:function` (see
 `hooks`), which transform the raw bodies of a transparent forward.
 """
@@ -16,16 +23,19 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from sagehost.errors import ConfigError, UpstreamUnavailable
+from sagehost.errors import ConfigError, SchemaMismatch, UpstreamUnavailable
 
 JSON = b"application/json"
 Fields = tuple[str, ...]
+Untyped = frozenset[str]
+"""Fields whose values are CSV text with no declared type: an adapter may guess their type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +49,7 @@ class Adapter(Protocol):
     batchable: bool
     """Whether several rows may go in one upstream call (then concurrent requests are batched)."""
 
-    def request(self, fields: Fields, rows: Sequence[Sequence[Any]]) -> bytes: ...
+    def request(self, fields: Fields, rows: Sequence[Sequence[Any]], untyped: Untyped = frozenset()) -> bytes: ...
 
     def response(self, body: bytes) -> Scored: ...
 
@@ -48,10 +58,13 @@ class ScrAdapter:
     name = "scr"
     batchable = False
 
-    def request(self, fields: Fields, rows: Sequence[Sequence[Any]]) -> bytes:
+    def request(self, fields: Fields, rows: Sequence[Sequence[Any]], untyped: Untyped = frozenset()) -> bytes:
         [row] = rows
-        inputs = [{"name": name, "value": _scr_value(value)} for name, value in zip(fields, row, strict=True)]
-        return orjson.dumps({"inputs": inputs})
+        inputs = [
+            {"name": name, "value": _guess(value) if name in untyped else value}
+            for name, value in zip(fields, row, strict=True)
+        ]
+        return orjson.dumps({"inputs": inputs})  # NaN (from .npy bodies) goes as null
 
     def response(self, body: bytes) -> Scored:
         answer = _json(body, "SAS Container Runtime")
@@ -68,7 +81,8 @@ class H2oAdapter:
     name = "h2o"
     batchable = True
 
-    def request(self, fields: Fields, rows: Sequence[Sequence[Any]]) -> bytes:
+    def request(self, fields: Fields, rows: Sequence[Sequence[Any]], untyped: Untyped = frozenset()) -> bytes:
+        # H2O's API takes every value as text: CSV cells go as sent, typed or not.
         return orjson.dumps({"fields": list(fields), "rows": [[_h2o_value(v) for v in row] for row in rows]})
 
     def response(self, body: bytes) -> Scored:
@@ -125,20 +139,76 @@ def _json(body: bytes, who: str) -> dict[str, Any]:
     return answer
 
 
-def _scr_value(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
+# ---- CSV cells: typed from the declared schema, guessed only without one ------------------
+
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "t", "y"}), frozenset({"false", "0", "no", "f", "n"})
+_INT = re.compile(r"[+-]?\d+")
+
+
+def typed(fields: Fields, rows: list[list[Any]], declared: Mapping[str, str | None]) -> tuple[list[list[Any]], Untyped]:
+    """CSV rows with each declared field's cells converted to its type (an empty cell is a missing
+    value, None, except for `str`); and the fields left as text for want of a declared type."""
+    kinds = [declared.get(name) for name in fields]
+    untyped = frozenset(name for name, kind in zip(fields, kinds, strict=True) if kind is None)
+    converters = [(i, fields[i], kind) for i, kind in enumerate(kinds) if kind not in (None, "str")]
+    if not converters:
+        return rows, untyped
+    for number, row in enumerate(rows, 1):
+        for i, name, kind in converters:
+            row[i] = _convert(row[i], kind, name, number)
+    return rows, untyped
+
+
+def _convert(cell: Any, kind: str | None, name: str, row: int) -> Any:
+    text = str(cell).strip()
+    if not text:
         return None
-    if isinstance(value, str):
-        try:
-            return float(value) if value.strip() else None
-        except ValueError:
-            return value
-    return value
+    if kind == "int":
+        if _INT.fullmatch(text):
+            return int(text)  # "007" is 7: declared a number, it is one
+        whole = _number(text)
+        if whole is not None and whole.is_integer():
+            return int(whole)  # "7.0", as a float column of whole numbers is often written
+    if kind == "float":
+        number = _number(text)
+        if number is not None:
+            return number
+    if kind == "bool" and text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise SchemaMismatch(
+        f"Field {name!r} is declared {kind} (--upstream-columns), but row {row} has a value that is not."
+    )
+
+
+def _number(text: str) -> float | None:
+    """What float() reads, but not Python's own spellings (`1_000`): those are text in a CSV."""
+    if "_" in text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _guess(value: Any) -> Any:
+    """An undeclared CSV cell for an API that takes JSON numbers: a number if it reads as one
+    (NaN and infinities go as null), a blank is missing (null), anything else text."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    number = _number(text)
+    return value if number is None else number
 
 
 def _h2o_value(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"  # JSON's spelling, as the client sent it
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from sagehost.errors import SagehostError
-from sagehost.proxy.client import Client, Origin
+from sagehost.http.client import Client, Origin
 
 _CHECK_TIMEOUT_S = 1.5  # inside SageMaker's 2 s ping timeout
 

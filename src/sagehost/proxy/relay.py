@@ -19,8 +19,8 @@ import logging
 
 from sagehost.answers import error_answer, final_headers, reply_headers
 from sagehost.errors import InternalError, SagehostError
+from sagehost.http.client import Response
 from sagehost.http.server import Connection, HttpServer, Request
-from sagehost.proxy.client import Response
 from sagehost.proxy.service import ProxyService, forwarded, passed_back
 
 log = logging.getLogger("sagehost.proxy")

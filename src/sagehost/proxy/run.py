@@ -10,8 +10,8 @@ from collections.abc import Callable
 from sagehost import supervisor
 from sagehost.config import Settings
 from sagehost.errors import ConfigError, StartupError
+from sagehost.http.client import Client, Origin
 from sagehost.proxy import adapters, keeper, scheduling
-from sagehost.proxy.client import Client, Origin
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.proxy.relay import RelayConnection
 from sagehost.proxy.service import ProxyService
@@ -32,7 +32,7 @@ def proxy(settings: Settings) -> int:
         return 1
 
     async def load_service() -> Service:
-        client = Client(settings.upstream_max_connection_age)
+        client = Client(settings.upstream_max_connection_age, max_body=settings.upstream_body_limit)
         health = UpstreamHealth(client, upstream, settings.upstream_health)
         return ProxyService(settings, client, health, adapter, hooks)
 

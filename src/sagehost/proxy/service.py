@@ -4,7 +4,8 @@ Transparent: the body and every end-to-end header go to the upstream (Content-Ty
 SageMaker's custom attributes and inference id among them); its status, body, Content-Type and
 SageMaker headers come back. With an adapter, requests are decoded by sagehost's codecs into
 named rows, sent in the upstream's shape (micro-batched when it takes several rows per call),
-and answered in the requested Accept.
+and answered in the requested Accept. Values keep the type the client gave them; CSV cells, all
+text, are typed from `--upstream-columns` (sagehost.proxy.adapters.typed).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from sagehost import codecs
 from sagehost.answers import ATTRIBUTES, Headers
 from sagehost.batching import MicroBatcher
+from sagehost.codecs import media
 from sagehost.config import Method, Settings
 from sagehost.errors import (
     InvalidPayload,
@@ -26,10 +28,10 @@ from sagehost.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from sagehost.http.client import Client, Response
 from sagehost.models.schema import strip_header
 from sagehost.predictor import ModelSpec, Outputs, Rows, Table
-from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored
-from sagehost.proxy.client import Client, Response
+from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored, Untyped, typed
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.service import Invocation, Reply
 
@@ -39,6 +41,7 @@ _HOP_BY_HOP = frozenset(
      b"upgrade", b"proxy-authorization", b"proxy-authenticate", b"expect"}
 )  # fmt: skip
 _ANSWER_HEADERS = b"x-amzn-"  # SageMaker's own headers: custom attributes, inference id, ...
+_NPY_MAGIC = b"\x93NUMPY"
 
 log = logging.getLogger("sagehost.proxy")
 
@@ -62,7 +65,10 @@ class ProxyService:
         self._adapter = adapter
         self._request_hook, self._response_hook = hooks
         self._hooked = hooks != (None, None)
-        self._batchers: dict[Fields, tuple[MicroBatcher, UpstreamPredictor]] = {}
+        columns = settings.upstream_columns or ()
+        self._column_names: Fields | None = tuple(name for name, _ in columns) if columns else None
+        self._declared = dict(columns)
+        self._batchers: dict[tuple[Fields, Untyped], tuple[MicroBatcher, UpstreamPredictor]] = {}
         self._one_row_calls = asyncio.Semaphore(32)
 
     @property
@@ -120,18 +126,21 @@ class ProxyService:
         accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
         table = codecs.decode(invocation.body, invocation.content_type)
         fields, rows = self._named(table)
+        untyped: Untyped = frozenset()
+        if _cells_are_text(invocation.body, invocation.content_type):
+            rows, untyped = typed(fields, rows, self._declared)
         if adapter.batchable:
-            batcher, upstream = self._batcher(fields, adapter)
+            batcher, upstream = self._batcher(fields, untyped, adapter)
             outputs = await batcher.predict(Rows(rows), "predict")
             labels = upstream.output_fields
         else:
-            scored = await asyncio.gather(*(self._call_one(adapter, fields, row) for row in rows))
+            scored = await asyncio.gather(*(self._call_one(adapter, fields, untyped, row) for row in rows))
             outputs = [row for s in scored for row in s.rows]
             labels = scored[0].fields
         return Reply(codecs.encode(outputs, accept, table.shape, labels), accept)
 
     def _named(self, table: Table) -> tuple[Fields, list[list[Any]]]:
-        columns = self._settings.upstream_columns
+        columns = self._column_names
         if table.columns is None:
             table = strip_header(table, ModelSpec(methods=frozenset(), feature_names=columns))
         fields = table.columns or columns
@@ -145,22 +154,26 @@ class ProxyService:
             raise InvalidPayload(f"Each row needs {len(fields)} values, one per field: {', '.join(fields)}.")
         return tuple(fields), rows
 
-    def _batcher(self, fields: Fields, adapter: Adapter) -> tuple[MicroBatcher, UpstreamPredictor]:
-        """One batcher per field list: only requests naming the same fields share an upstream call."""
-        pair = self._batchers.get(fields)
+    def _batcher(self, fields: Fields, untyped: Untyped, adapter: Adapter) -> tuple[MicroBatcher, UpstreamPredictor]:
+        """One batcher per field list (and which of them are untyped text): only requests alike
+        share an upstream call."""
+        key = (fields, untyped)
+        pair = self._batchers.get(key)
         if pair is None:
-            upstream = UpstreamPredictor(self, adapter, fields)
+            upstream = UpstreamPredictor(self, adapter, fields, untyped)
             batcher = MicroBatcher(upstream, max_rows=self._settings.max_batch_rows, max_queue=self._settings.max_queue)
-            pair = self._batchers[fields] = (batcher, upstream)
+            pair = self._batchers[key] = (batcher, upstream)
         return pair
 
-    async def _call_one(self, adapter: Adapter, fields: Fields, row: Sequence[Any]) -> Scored:
+    async def _call_one(self, adapter: Adapter, fields: Fields, untyped: Untyped, row: Sequence[Any]) -> Scored:
         """One row per call: a big request's rows go concurrently, but never more than 32 at once."""
         async with self._one_row_calls:
-            return await self._call(adapter, fields, [row])
+            return await self._call(adapter, fields, [row], untyped)
 
-    async def _call(self, adapter: Adapter, fields: Fields, rows: Sequence[Sequence[Any]]) -> Scored:
-        body = adapter.request(fields, rows)
+    async def _call(
+        self, adapter: Adapter, fields: Fields, rows: Sequence[Sequence[Any]], untyped: Untyped = frozenset()
+    ) -> Scored:
+        body = adapter.request(fields, rows, untyped)
         headers: Headers = [(b"content-type", JSON), (b"accept", JSON)]
         response = await self._client.request("POST", self._upstream, headers, body, self._settings.timeout_s)
         _check(response)
@@ -168,6 +181,14 @@ class ProxyService:
         if len(scored.rows) != len(rows):
             raise UpstreamUnavailable(f"The scoring server answered {len(scored.rows)} rows for {len(rows)}.")
         return scored
+
+
+def _cells_are_text(body: bytes, content_type: str | None) -> bool:
+    """Whether the body was decoded as CSV, whose cells are all text (as codecs.decode chooses)."""
+    kind = media.media_type(content_type)
+    if kind == media.OCTET:
+        return not body.startswith(_NPY_MAGIC) and body.lstrip()[:1] not in (b"[", b"{")
+    return kind == media.CSV
 
 
 def forwarded(headers: Sequence[tuple[bytes, bytes]]) -> tuple[Headers, bytes | None]:
@@ -198,15 +219,16 @@ def passed_back(headers: Headers) -> tuple[bytes, Headers]:
 class UpstreamPredictor:
     """One upstream call per micro-batch; remembers the answer's field names for the labels."""
 
-    def __init__(self, service: ProxyService, adapter: Adapter, fields: Fields) -> None:
+    def __init__(self, service: ProxyService, adapter: Adapter, fields: Fields, untyped: Untyped) -> None:
         self._service = service
         self._adapter = adapter
         self._fields = fields
+        self._untyped = untyped
         self.output_fields: Fields = ()
         self.spec = ModelSpec(methods=frozenset({"predict"}), feature_names=fields, description="upstream")
 
     async def predict(self, rows: Rows, method: Method) -> Outputs:
-        scored = await self._service._call(self._adapter, self._fields, list(rows.values))
+        scored = await self._service._call(self._adapter, self._fields, list(rows.values), self._untyped)
         self.output_fields = scored.fields
         return scored.rows
 
