@@ -91,6 +91,22 @@ def flask_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
     return [spawn(cmd, env, work / "flask-proxy.log")], port
 
 
+def uvicorn_proxy(client: str) -> ProxyStarter:
+    """The well-kept alternative to sagehost's own server and client (issue 14): uvicorn
+    (httptools, uvloop) running a minimal ASGI relay over a pooled httpx or aiohttp client
+    (bench/httpx_proxy.py), with as many workers as `sagehost proxy`."""
+
+    def start(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
+        port = free_port()
+        cmd = [str(VENV_BIN / "uvicorn"), "--app-dir", str(BENCH), "--loop", "uvloop", "--http", "httptools",
+               "--workers", str(PROXY_WORKERS), "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+               "--log-level", "warning", "--timeout-keep-alive", "75", "httpx_proxy:app"]  # fmt: skip
+        env = {**os.environ, "UPSTREAM": upstream, "UPSTREAM_HEALTH": health, "CLIENT": client}
+        return [spawn(cmd, env, work / f"uvicorn-{client}-proxy.log")], port
+
+    return start
+
+
 def floor_proxy(upstream: str, health: str, work: Path) -> tuple[Procs, int]:
     """The least any Python proxy on uvloop + httptools does per request (bench/floor_proxy.py): a
     reference for how much of the proxy's cost is the language and the event loop, not sagehost."""
@@ -163,6 +179,10 @@ def sagehost_proxy_not_yielding(upstream: str, health: str, work: Path) -> tuple
 PROXIES: dict[str, ProxyStarter] = {
     "sagehost proxy": sagehost_proxy,
     "sagehost proxy --no-yield-cpu": sagehost_proxy_not_yielding,
+    "uvicorn + httpx": uvicorn_proxy("httpx"),
+    "uvicorn + httpx (SCHED_BATCH)": yielding(uvicorn_proxy("httpx")),
+    "uvicorn + aiohttp": uvicorn_proxy("aiohttp"),
+    "uvicorn + aiohttp (SCHED_BATCH)": yielding(uvicorn_proxy("aiohttp")),
     "Flask proxy": flask_proxy,
     "floor proxy": floor_proxy,
     "nginx proxy": nginx_proxy,
@@ -287,7 +307,8 @@ def report(name: str, runs: dict[str, list[Run]]) -> None:
     medians = {label: median_high(figures) for label, figures in runs.items()}
     for label, figures in runs.items():
         m = Run(*(median_high(values) for values in zip(*(astuple(r) for r in figures), strict=True)))
-        cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request" if m.cpu_us else ""
+        low, high = min(r.cpu_us for r in figures), max(r.cpu_us for r in figures)
+        cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request ({low:.0f}-{high:.0f})" if m.cpu_us else ""
         latency = f"p50 {m.p50:7.2f} ms  p99 {m.p99:8.2f} ms"
         line = f"{name:6} {label:15} {m.rps:9.0f} req/s  {latency}  errors {m.errors}  machine busy"
         print(f"{line} {m.busy:4.0%}{cpu}", flush=True)
@@ -303,7 +324,31 @@ def report(name: str, runs: dict[str, list[Run]]) -> None:
     if {"sagehost proxy", "Flask proxy"} <= runs.keys():
         times = medians["sagehost proxy"].rps / medians["Flask proxy"].rps
         print(f"{name:6} sagehost proxy / Flask proxy = {times:.1f}x")
+    for ours, theirs in SAME_POLICY:
+        if {ours, theirs} <= runs.keys():
+            print(f"{name:6} {ours} / {theirs}: {_by_round(runs[ours], runs[theirs])}")
     print()
+
+
+# sagehost's own server and client against uvicorn with a library client, under the same
+# scheduling policy (issue 14): `sagehost proxy` yields the CPU by default, so it is paired with
+# the uvicorn proxies started under SCHED_BATCH, and --no-yield-cpu with the plain ones.
+SAME_POLICY = [
+    (ours, f"uvicorn + {client}{policy}")
+    for client in ("httpx", "aiohttp")
+    for ours, policy in (("sagehost proxy", " (SCHED_BATCH)"), ("sagehost proxy --no-yield-cpu", ""))
+]
+
+
+def _by_round(ours: list[Run], theirs: list[Run]) -> str:
+    """Two proxies' CPU per request and requests/s as ratios round by round: runs of one round
+    are seconds apart, so they share the machine's drift more than the medians do."""
+    cpu = sorted(a.cpu_us / b.cpu_us for a, b in zip(ours, theirs, strict=True))
+    rps = sorted(a.rps / b.rps for a, b in zip(ours, theirs, strict=True))
+    return (
+        f"CPU per request {median_high(cpu):.2f}x by round ({cpu[0]:.2f}-{cpu[-1]:.2f}), "
+        f"requests/s {median_high(rps):.2f}x ({rps[0]:.2f}-{rps[-1]:.2f})"
+    )
 
 
 def main() -> None:

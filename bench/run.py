@@ -1,14 +1,17 @@
 """Measure sagehost against the stacks users run today, side by side, in one run.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--models lr,rf,xgb,onnx]
-                                  [--stacks sagehost,granian,classic,mlflow,mlserver]
+    .venv/bin/python bench/run.py [--seconds 10] [--rounds 1] [--models lr,rf,xgb,onnx]
+                                  [--stacks sagehost,uvicorn,granian,classic,mlflow,mlserver]
 
 For each model (scikit-learn LogisticRegression and a 100-tree RandomForestClassifier, an
 XGBoost Booster of 100 rounds, and that forest converted to ONNX; all on 10 numeric features)
 it starts each stack that can serve it on a free loopback port, sends one row per request
 over 40 keep-alive connections with wrk and with `ab -k -c 40` (HTTP/1.0), and prints
-requests/s, p50/p99 latency, errors and the servers' total RSS, then the ratios against
-sagehost. Every load run is bounded in time and request count. Needs `scripts/setup --bench`.
+requests/s, p50/p99 latency, errors, the servers' total RSS and their CPU per request, then the
+ratios against sagehost. With --rounds N the stacks of a model run side by side and are
+measured in turns, N times (the order turning each round), and the summary gives medians and
+each ratio's range over the rounds. Every load run is bounded in time and request count.
+Needs `scripts/setup --bench`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median_high
 
 import joblib
 import numpy as np
@@ -49,6 +53,9 @@ class Result:
     p99_ms: float
     errors: int
     rss_mb: float
+    cpu_us: float
+    """The stack's own CPU (all its processes) per request, about: requests are requests/s x seconds."""
+    turn: int = 0
 
 
 def free_port() -> int:
@@ -100,6 +107,7 @@ SAVERS = {"lr": save_lr, "rf": save_rf, "xgb": save_xgb, "onnx": save_onnx}
 # joblib files only; MLflow has an xgboost and an onnx flavor of its own.
 SERVES = {
     "sagehost": {"lr", "rf", "xgb", "onnx"},
+    "uvicorn": {"lr", "rf", "xgb", "onnx"},
     "granian": {"lr", "rf", "xgb", "onnx"},
     "classic": {"lr", "rf"},
     "mlflow": {"lr", "rf", "xgb", "onnx"},
@@ -124,9 +132,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
 
 def start_sagehost(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
     port = free_port()
-    cmd = [str(VENV_BIN / "sagehost"), "serve", "--model-dir", str(model_dir), "--port", str(port)]
+    cmd = [str(VENV_BIN / "sagehost"), "serve", "--model-dir", str(model_dir), "--port", str(port),
+           "--host", "127.0.0.1"]  # fmt: skip
     env = {**os.environ, "SAGEHOST_WORKERS": str(WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING"}
     return [spawn(cmd, env, work / "sagehost.log")], port
+
+
+def start_uvicorn(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """`sagehost serve` as it ran until issue 14, uvicorn in each worker (bench/uvicorn_app.py)."""
+    port = free_port()
+    env = {**os.environ, "SAGEHOST_MODEL_DIR": str(model_dir), "SAGEHOST_PORT": str(port),
+           "SAGEHOST_HOST": "127.0.0.1", "SAGEHOST_WORKERS": str(WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING"}  # fmt: skip
+    return [spawn([sys.executable, str(BENCH / "uvicorn_app.py")], env, work / "uvicorn.log")], port
 
 
 def start_granian(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
@@ -281,6 +298,20 @@ def tree_rss_mb(procs: list[subprocess.Popen[bytes]]) -> float:
     return total_kb / 1024
 
 
+def tree_cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU so far of every live process in the stack's sessions, from /proc."""
+    sessions = {p.pid for p in procs}
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) in sessions:
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5), fields 14 and 15)
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(
     url: str, body: str, content_type: str, seconds: int, work: Path, *, connections: int = 40
 ) -> tuple[float, float, float, int]:
@@ -330,6 +361,7 @@ def ab(url: str, body: str, content_type: str, seconds: int, work: Path) -> tupl
 
 STACKS = {
     "sagehost": start_sagehost,
+    "uvicorn": start_uvicorn,
     "granian": start_granian,
     "classic": start_classic,
     "mlflow": start_mlflow,
@@ -348,51 +380,95 @@ def request_for(stack: str, row: list[float]) -> tuple[str, str]:
     return ",".join(map(str, row)), "text/csv"
 
 
-def run(models: list[str], stacks: list[str], seconds: int) -> list[Result]:
-    results = []
+def run(models: list[str], stacks: list[str], seconds: int, rounds: int) -> list[Result]:
+    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="sagehost-bench-") as tmp:
         work = Path(tmp)
         work.chmod(0o755)  # nginx's worker (user nobody) must reach the gunicorn socket in here
         dirs = train(work, models)
         row = np.loadtxt(work / "row.csv", delimiter=",").tolist()
         for model in models:
-            for stack in stacks:
-                if model not in SERVES[stack]:
-                    continue
-                procs, port = STACKS[stack](dirs[model], work)
-                try:
-                    wait_ready(f"http://127.0.0.1:{port}{PING.get(stack, '/ping')}", procs[0])
-                    body, content_type = request_for(stack, row)
-                    url = f"http://127.0.0.1:{port}{INVOKE.get(stack, '/invocations')}"
-                    ab(url, body, content_type, 2, work)  # warm up connections, caches and workers
-                    for tool, measure in (("wrk", wrk), ("ab -k", ab)):
-                        rps, p50, p99, errors = measure(url, body, content_type, seconds, work)
-                        results.append(Result(stack, model, tool, rps, p50, p99, errors, tree_rss_mb(procs)))
-                        print(_row(results[-1]), flush=True)
-                finally:
-                    stop(procs)
+            servable = [stack for stack in stacks if model in SERVES[stack]]
+            common = {"model_dir": dirs[model], "row": row, "seconds": seconds, "work": work}
+            if rounds == 1:  # one stack at a time, as this bench always ran
+                for stack in servable:
+                    results += run_stacks(model, [stack], **common, rounds=1)
+            else:
+                results += run_stacks(model, servable, **common, rounds=rounds)
+    return results
+
+
+def run_stacks(
+    model: str, stacks: list[str], *, model_dir: Path, row: list[float], seconds: int, rounds: int, work: Path
+) -> list[Result]:
+    """Start the stacks side by side, then measure them in turns, `rounds` times."""
+    results = []
+    started: dict[str, tuple[list[subprocess.Popen[bytes]], int]] = {}
+    try:
+        for stack in stacks:
+            started[stack] = STACKS[stack](model_dir, work)
+        for stack, (procs, port) in started.items():
+            wait_ready(f"http://127.0.0.1:{port}{PING.get(stack, '/ping')}", procs[0])
+            body, content_type = request_for(stack, row)
+            ab(f"http://127.0.0.1:{port}{INVOKE.get(stack, '/invocations')}", body, content_type, 2, work)  # warm up
+        for turn in range(rounds):
+            for stack in stacks[turn % len(stacks) :] + stacks[: turn % len(stacks)]:
+                procs, port = started[stack]
+                body, content_type = request_for(stack, row)
+                url = f"http://127.0.0.1:{port}{INVOKE.get(stack, '/invocations')}"
+                for tool, measure in (("wrk", wrk), ("ab -k", ab)):
+                    cpu_before, start = tree_cpu_seconds(procs), time.monotonic()
+                    rps, p50, p99, errors = measure(url, body, content_type, seconds, work)
+                    elapsed, cpu = time.monotonic() - start, tree_cpu_seconds(procs) - cpu_before
+                    cpu_us = cpu / max(rps * elapsed, 1) * 1e6
+                    results.append(Result(stack, model, tool, rps, p50, p99, errors, tree_rss_mb(procs), cpu_us, turn))
+                    print(_row(results[-1]), flush=True)
+    finally:
+        for procs, _ in started.values():
+            stop(procs)
     return results
 
 
 def _row(r: Result) -> str:
     return (
         f"{r.model:4} {r.stack:9} {r.tool:6} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
-        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors:5d}  RSS {r.rss_mb:6.0f} MB"
+        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors:5d}  RSS {r.rss_mb:6.0f} MB  CPU {r.cpu_us:5.0f} us/req"
     )
 
 
 def report(results: list[Result]) -> None:
+    keys = list(dict.fromkeys((r.model, r.stack, r.tool) for r in results))
+    by_key = {key: [r for r in results if (r.model, r.stack, r.tool) == key] for key in keys}
+    if any(len(runs) > 1 for runs in by_key.values()):
+        print("\nmedians over the rounds (requests/s range in brackets)")
+        for (model, stack, tool), runs in by_key.items():
+            medians = (median_high(values) for values in zip(*(_figures(r) for r in runs), strict=True))
+            m = Result(stack, model, tool, *medians)
+            low, high = min(r.rps for r in runs), max(r.rps for r in runs)
+            print(f"{_row(m)}  ({low:.0f}-{high:.0f})")
     print("\nratios: sagehost requests/s over each peer (same model, same load tool, same run)")
-    for r in results:
-        if r.stack == "sagehost":
+    for (model, stack, tool), runs in by_key.items():
+        ours = by_key.get((model, "sagehost", tool))
+        if stack == "sagehost" or not ours:
             continue
-        ours = next(x for x in results if x.stack == "sagehost" and x.model == r.model and x.tool == r.tool)
-        print(f"  {r.model:4} {r.tool:6} sagehost / {r.stack:8} = {ours.rps / r.rps:6.1f}x")
+        ratio = median_high(r.rps for r in ours) / median_high(r.rps for r in runs)
+        line = f"  {model:4} {tool:6} sagehost / {stack:8} = {ratio:6.2f}x"
+        if len(runs) > 1:  # each round's pair, seconds apart: they share the machine's drift
+            paired = sorted(a.rps / b.rps for a, b in zip(ours, runs, strict=True))
+            cpu = sorted(a.cpu_us / b.cpu_us for a, b in zip(ours, runs, strict=True))
+            line += f"  by round {paired[0]:.2f}-{paired[-1]:.2f}x; CPU per request {median_high(cpu):.2f}x"
+            line += f" ({cpu[0]:.2f}-{cpu[-1]:.2f})"
+        print(line)
+
+
+def _figures(r: Result) -> tuple[float, ...]:
+    return (r.rps, r.p50_ms, r.p99_ms, r.errors, r.rss_mb, r.cpu_us)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1, help="with more than 1, the stacks run side by side, in turns")
     parser.add_argument("--models", default="lr,rf,xgb,onnx")
     parser.add_argument("--stacks", default="sagehost,classic,mlflow")
     args = parser.parse_args()
@@ -400,7 +476,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: run scripts/setup --bench")
     print(f"{os.cpu_count()} cores, {WORKERS} workers per stack, 40 connections, one row per request\n")
-    report(run(args.models.split(","), args.stacks.split(","), args.seconds))
+    report(run(args.models.split(","), args.stacks.split(","), args.seconds, args.rounds))
 
 
 NGINX_CONF = """
