@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -126,8 +127,18 @@ def _translated(exc: httpx.HTTPError, url: str, timeout: float) -> SagehostError
     """The one boundary where an httpx exception becomes ours."""
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout(_no_answer_in_time(url, timeout))
-    reason = str(exc) or type(exc).__name__
-    return UpstreamUnavailable(f"No answer from {url}: {reason.rstrip('.')}.")
+    return UpstreamUnavailable(f"No answer from {url}: {_reason(exc).rstrip('.')}.")
+
+
+def _reason(exc: BaseException) -> str:
+    """The system's word for a failed connection ("Connection refused") where there is one under
+    httpx's own ("All connection attempts failed"), else httpx's."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    return str(exc) or type(exc).__name__
 
 
 async def _fetch(client: httpx.AsyncClient, request: httpx.Request, max_body: int, started: float) -> Answer:
