@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAGEHOST, Server, running
+from tests.conftest import SAGEHOST, Server, free_port, running
 
 
 def sagehost(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,3 +71,13 @@ def test_invoke_reports_errors_on_stderr_with_a_non_zero_exit(demo: Server, tmp_
     done = sagehost("invoke", "--url", demo.url, str(payload), "--content-type", "text/plain")
     assert done.returncode == 1
     assert done.stdout == "" and "HTTP 415" in done.stderr and "unsupported_media_type" in done.stderr
+
+
+def test_invoke_says_when_nothing_answers(tmp_path: Path) -> None:
+    payload = tmp_path / "rows.csv"
+    payload.write_text("5.1,3.5,1.4,0.2\n")
+    port = free_port()
+    done = sagehost("invoke", "--url", f"http://127.0.0.1:{port}", str(payload))
+    assert done.returncode == 1 and done.stdout == ""
+    assert f"No answer from http://127.0.0.1:{port}/invocations: Connection refused." in done.stderr
+    assert "Traceback" not in done.stderr

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +92,55 @@ def test_the_classic_flask_recipe_fails_with_causes_and_fixes(classic: str, payl
 
 def test_nothing_listening_is_a_failure_not_a_crash(tmp_path: Path) -> None:
     done = verify(f"http://127.0.0.1:{free_port()}")
-    assert done.returncode == 1 and "No answer from" in done.stdout and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "FAIL  GET /ping is 200 within 2 s: No answer from http://127.0.0.1:" in done.stdout
+    assert "Connection refused" in done.stdout
+
+
+class _Endless(socketserver.StreamRequestHandler):
+    """Reads a request whole, then answers 200 with a chunked body that never ends."""
+
+    def handle(self) -> None:
+        length = 0
+        while (line := self.rfile.readline(65536)) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        self.rfile.read(length)
+        self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"1" * 65536)
+        try:
+            while True:
+                self.wfile.write(chunk)
+        except OSError:  # verify stopped reading and closed the connection
+            return
+
+
+class _Threads(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+
+@pytest.fixture
+def endless() -> Iterator[str]:
+    with _Threads(("127.0.0.1", 0), _Endless) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            thread.join(10)
+
+
+def test_an_answer_without_end_is_read_to_6_mb_and_judged(endless: str, payloads: list[tuple[Path, str]]) -> None:
+    """A server that never stops answering: verify reads 6 MB of each answer (InvokeEndpoint's
+    limit), judges it, and finishes (without the cap it would read until memory runs out)."""
+    done = verify(endless, payloads[0])
+    print(done.stdout)  # what it finds, for the record
+    assert done.returncode == 1, done.stdout
+    assert "PASS  GET /ping is 200 within 2 s" in done.stdout
+    assert "FAIL  POST /invocations (text/csv): the answer is over 6291456 bytes" in done.stdout
+    assert "FAIL  Unknown paths are 404: HTTP 200" in done.stdout
 
 
 @pytest.fixture
