@@ -10,9 +10,14 @@ vendors' binaries are not available here), to test the proxy's adapters against.
 - echo: answers what it got.
 - workers: echo in two processes on one listening socket, as uvicorn's and gunicorn's workers
   run; POST /pid answers which process served it (after `?hold=` seconds).
-All of them also serve GET /health, GET /stats (calls so far), GET /env
-  (TMPDIR, JAVA_TOOL_OPTIONS, cwd), POST /slow (sleeps 3 s) and POST /old (307 to the path in
-  ?to=).
+All of them also serve GET /health, GET /stats (calls so far), GET /last (the last scoring
+  request's inputs or rows, as received), GET /env (TMPDIR, JAVA_TOOL_OPTIONS, cwd), POST /slow
+  (sleeps 3 s), POST /old (307 to the path in ?to=), and POST /abuse?do=… — what a broken or
+  hostile upstream does:
+  - close-second: answers the first request on a connection; reads the second and closes
+  - endless: a chunked body without end      - flood: header lines without end
+  - slow-head: its head, a byte every 0.2 s
+  - moved: answers ?status= with Location ?to= (or its own URL)
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ import time
 import urllib.parse
 from typing import Any
 
-CALLS = {"score": 0, "rows": 0}
+CALLS = {"score": 0, "rows": 0, "abuse": 0}
+LAST: dict[str, Any] = {}
 LOCK = threading.Lock()
+ABUSE_FOR_S = 30  # an abusive answer stops by itself, whoever is (not) reading it
 
 
 def fraud_probability(age: float, amount: float, gender: str) -> float:
@@ -36,14 +43,19 @@ def fraud_probability(age: float, amount: float, gender: str) -> float:
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    """One instance per connection."""
+
     protocol_version = "HTTP/1.1"
     kind = "echo"
+    served = 0  # requests answered on this connection
 
     def do_GET(self) -> None:
         if self.path == "/health":
             self._send(200, {"status": "up"})
         elif self.path == "/stats":
             self._send(200, CALLS)
+        elif self.path == "/last":
+            self._send(200, LAST)
         elif self.path == "/env":
             env = {k: os.environ.get(k) for k in ("TMPDIR", "JAVA_TOOL_OPTIONS")}
             self._send(200, {**env, "cwd": os.getcwd()})
@@ -59,6 +71,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif parts.path == "/slow":
             time.sleep(3)
             self._send(200, {"late": True})
+        elif parts.path == "/abuse":
+            self._abuse(urllib.parse.parse_qs(parts.query))
         elif parts.path == "/old":
             target = urllib.parse.parse_qs(parts.query)["to"][0]
             self.send_response(307)
@@ -76,8 +90,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, answer, {} if quiet else {"X-Amzn-SageMaker-Custom-Attributes": "echoed=1"})
 
     def _scr(self, body: bytes) -> None:
-        inputs = {i["name"]: i["value"] for i in json.loads(body)["inputs"]}
-        if set(inputs) != {"age", "amount", "gender"}:
+        LAST["inputs"] = json.loads(body)["inputs"]
+        inputs = {i["name"]: i["value"] for i in LAST["inputs"]}
+        if set(inputs) - {"zip"} != {"age", "amount", "gender"}:  # zip: optional, a category
             self._send(400, {"message": f"unknown inputs {sorted(inputs)}"})
             return
         p = fraud_probability(float(inputs["age"]), float(inputs["amount"]), str(inputs["gender"]))
@@ -88,6 +103,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _h2o(self, body: bytes) -> None:
         request = json.loads(body)
         fields, rows = request["fields"], request["rows"]
+        LAST["rows"] = rows
         self._count(len(rows))
         score = []
         for row in rows:
@@ -95,6 +111,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
             p = fraud_probability(float(record["age"]), float(record["amount"]), record["gender"])
             score.append([str(1 - p), str(p)])
         self._send(200, {"id": "fake-model", "fields": ["fraud.0", "fraud.1"], "score": score})
+
+    def _abuse(self, query: dict[str, list[str]]) -> None:
+        with LOCK:
+            CALLS["abuse"] += 1
+        what = query["do"][0]
+        if what == "close-second" and self.served:
+            self.close_connection = True  # read, never answered
+            return
+        if what == "close-second":
+            self._send(200, {"served": self.served})
+            return
+        if what == "moved":  # to ?to=, or to itself without one
+            location = query["to"][0] if "to" in query else self.path
+            self._send(int(query["status"][0]), {"moved": location}, {"Location": location})
+            return
+        self.close_connection = True
+        head = b"HTTP/1.1 200 OK\r\n"
+        lines = {
+            "endless": (head + b"Transfer-Encoding: chunked\r\n\r\n", b"10000\r\n" + b"x" * 0x10000 + b"\r\n", 0.0),
+            "flood": (head, b"X-Flood: " + b"a" * 1000 + b"\r\n", 0.0),
+            "slow-head": (head, b"X", 0.2),
+        }
+        first, again, pause = lines[what]
+        deadline = time.monotonic() + ABUSE_FOR_S
+        try:
+            self.wfile.write(first)
+            while time.monotonic() < deadline:
+                self.wfile.write(again)
+                time.sleep(pause)
+        except OSError:
+            pass  # the proxy dropped the connection: what it should do
 
     def _count(self, rows: int) -> None:
         with LOCK:
@@ -110,6 +157,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        self.served += 1
 
     def log_message(self, format: str, *args: Any) -> None:
         return None

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.abuse import MIB, Footprint, cap_address_space, process_tree
 from tests.conftest import Server, free_port, start_proxy, start_sagehost, wait_healthy
 from tests.integration.fake_scorers import fraud_probability
 
@@ -70,6 +71,85 @@ def test_redirects_are_followed_inside_the_proxy(tmp_path: Path) -> None:
         assert answer.status_code == 200 and answer.json()["path"] == "/invocations"
     finally:
         server.stop()
+
+
+# ---- an upstream that breaks the rules: the proxy never invents, duplicates or changes work ----
+
+
+@pytest.fixture
+def abusive(tmp_path: Path) -> Iterator[tuple[Server, str]]:
+    """A proxy with one worker (so one pool) in front of an upstream whose POST /abuse?do=…
+    misbehaves as asked (fake_scorers.py); its answers capped at 1 MiB, its timeout 2 s."""
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/abuse", "--upstream-cmd", fake("echo", port),
+                   "--upstream-max-body-mb", "1", env={"SAGEHOST_WORKERS": "1", "SAGEHOST_TIMEOUT": "2"})  # fmt: skip
+    cap_address_space(process_tree(server.process.pid))  # a safety net for the shared machine
+    yield server, f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def error_of(answer: httpx.Response) -> tuple[int, str, str]:
+    error = answer.json()["error"]
+    return answer.status_code, error["code"], error["message"]
+
+
+def still_serves(server: Server) -> None:
+    answer = server.client.post("/invocations?do=moved&to=/invocations&status=307", content=b"1,2")
+    assert answer.status_code == 200 and answer.json()["body"] == "1,2"
+
+
+def test_a_post_the_upstream_read_and_dropped_is_a_502_and_never_sent_twice(abusive: tuple[Server, str]) -> None:
+    """The upstream answers the first request on a pooled connection, then reads the second and
+    closes it: it may have scored it, so the proxy answers 502 instead of sending it again."""
+    server, upstream = abusive
+    assert server.client.post("/invocations?do=close-second", content=b"1").status_code == 200
+    status, code, message = error_of(server.client.post("/invocations?do=close-second", content=b"2"))
+    assert (status, code) == (502, "upstream_unavailable") and "closed the connection mid-request" in message
+    assert httpx.get(upstream + "/stats").json()["abuse"] == 2  # the second POST arrived once
+    still_serves(server)
+
+
+def test_an_endless_answer_is_cut_at_the_cap_with_memory_bounded(abusive: tuple[Server, str]) -> None:
+    server, _ = abusive
+    footprint = Footprint(process_tree(server.process.pid))
+    started = time.monotonic()
+    status, code, message = error_of(server.client.post("/invocations?do=endless", content=b"1"))
+    assert (status, code) == (502, "upstream_too_large") and "1 MiB limit" in message
+    assert time.monotonic() - started < 2  # cut at the cap, not at the timeout
+    assert footprint.growth() < 32 * MIB
+    still_serves(server)
+
+
+@pytest.mark.parametrize(
+    ("what", "status", "code", "says"),
+    [
+        ("flood", 502, "upstream_unavailable", "header section over 64 KiB"),
+        ("slow-head", 504, "upstream_timeout", "did not answer within 2 s"),
+    ],
+)
+def test_an_answer_whose_head_never_ends_is_cut_off(
+    abusive: tuple[Server, str], what: str, status: int, code: str, says: str
+) -> None:
+    server, _ = abusive
+    started = time.monotonic()
+    assert error_of(server.client.post(f"/invocations?do={what}", content=b"1"))[:2] == (status, code)
+    assert time.monotonic() - started < 5
+    still_serves(server)
+
+
+def test_redirects_follow_rfc_9110(abusive: tuple[Server, str]) -> None:
+    """307 and 308 keep the method and body; 301, 302 and 303 to a POST are a 502 that says why."""
+    server, _ = abusive
+    for kept in (307, 308):
+        answer = server.client.post(f"/invocations?do=moved&to=/invocations&status={kept}", content=b"7,8")
+        assert answer.status_code == 200 and answer.json()["body"] == "7,8"
+    for refused in (301, 302, 303):
+        answer = server.client.post(f"/invocations?do=moved&to=/elsewhere&status={refused}", content=b"7,8")
+        status, code, message = error_of(answer)
+        assert (status, code) == (502, "upstream_unavailable")
+        assert f"with {refused}" in message and "to /elsewhere" in message and "307 or 308" in message
+    looping = server.client.post("/invocations?do=moved&status=307", content=b"7,8")  # to itself
+    assert looping.status_code == 502 and "more than 5 times" in looping.json()["error"]["message"]
 
 
 def test_a_slow_upstream_is_a_504_and_ping_stays_fast(tmp_path: Path) -> None:
@@ -229,6 +309,45 @@ def test_scr_adapter_takes_records_csv_with_a_header_and_headerless_csv(tmp_path
         server.stop()
 
 
+def last_inputs(port: int) -> dict[str, Any]:
+    """What the SCR-shaped scorer last received: each input's value, as sent."""
+    return {i["name"]: i["value"] for i in httpx.get(f"http://127.0.0.1:{port}/last").json()["inputs"]}
+
+
+def test_scr_adapter_sends_each_value_with_the_type_the_client_gave_it(tmp_path: Path) -> None:
+    """A JSON string stays a string ("007" is a category, not 7.0), a JSON int an int; CSV cells
+    are typed as --upstream-columns declares, and guessed only where it declares no type."""
+    port = free_port()
+    server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/fraud", "--upstream-cmd", fake("scr", port),
+                   "--adapter", "scr", "--upstream-columns", "age:int,amount:float,gender,zip:str")  # fmt: skip
+    try:
+        sent = {"age": 30, "amount": 80.5, "gender": "M", "zip": "007"}
+        assert server.client.post("/invocations", json=sent).status_code == 200
+        assert last_inputs(port) == sent and isinstance(last_inputs(port)["age"], int)
+        assert server.client.post("/invocations", json={**sent, "zip": "28007", "age": "30"}).status_code == 200
+        assert last_inputs(port) == {**sent, "zip": "28007", "age": "30"}  # strings stay strings
+        csv = {"Content-Type": "text/csv"}
+        assert server.client.post("/invocations", content="30,80.5,M,007", headers=csv).status_code == 200
+        assert last_inputs(port) == sent and isinstance(last_inputs(port)["age"], int)
+        assert server.client.post("/invocations", content="zip,age,amount,gender\n28007,31,5,F", headers=csv).json()
+        assert last_inputs(port) == {"zip": "28007", "age": 31, "amount": 5.0, "gender": "F"}
+        wrong = server.client.post("/invocations", content="thirty,80.5,M,007", headers=csv)
+        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "schema_mismatch"
+        assert "'age' is declared int" in wrong.json()["error"]["message"]
+        # the same scorer behind a proxy with no types declared: CSV cells that read as numbers are guessed
+        untyped = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/fraud", "--adapter", "scr",
+                        "--upstream-columns", "age,amount,gender,zip")  # fmt: skip
+        try:
+            assert untyped.client.post("/invocations", content="30,80.5,M,007", headers=csv).status_code == 200
+            assert last_inputs(port) == {"age": 30.0, "amount": 80.5, "gender": "M", "zip": 7.0}
+            assert untyped.client.post("/invocations", json=sent).status_code == 200
+            assert last_inputs(port) == sent  # JSON is never guessed at
+        finally:
+            untyped.stop()
+    finally:
+        server.stop()
+
+
 def test_h2o_adapter_micro_batches_concurrent_requests(tmp_path: Path) -> None:
     port = free_port()
     server = proxy(tmp_path, "--upstream", f"http://127.0.0.1:{port}/model/score", "--upstream-cmd",
@@ -247,6 +366,13 @@ def test_h2o_adapter_micro_batches_concurrent_requests(tmp_path: Path) -> None:
         stats = httpx.get(f"http://127.0.0.1:{port}/stats").json()
         assert stats["rows"] == 61
         assert stats["score"] < 61  # several requests' rows went in one upstream call
+        typed = {"age": 30, "amount": 80.5, "gender": "M", "zip": "007", "member": True}
+        assert server.client.post("/invocations", json=typed).status_code == 200
+        # H2O takes text: each value's own text, "007" as sent, JSON's true as true
+        assert httpx.get(f"http://127.0.0.1:{port}/last").json()["rows"] == [["30", "80.5", "M", "007", "true"]]
+        csv = "age,amount,gender,zip\n30,80.50,M,007"
+        assert server.client.post("/invocations", content=csv, headers={"Content-Type": "text/csv"}).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/last").json()["rows"] == [["30", "80.50", "M", "007"]]
     finally:
         server.stop()
 
