@@ -95,8 +95,8 @@ class Gateway:
         method, path = scope["method"], scope["path"]
         headers = {
             name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name.decode("latin-1").lower() in _PASSED_UP
+            for name, value in scope["headers"]  # ASGI: names in lower case
+            if name.decode("latin-1") in _PASSED_UP
         }
         if method == "GET" and path in _PLATFORM_GETS:  # what SageMaker itself asks, passed through for a look
             return await self._relay("GET", path, None, headers, _PLATFORM_GETS[path])

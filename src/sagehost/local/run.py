@@ -64,19 +64,17 @@ def local_serve(request: ServeRequest, say: Say) -> int:
         launched = _launch(request, run, model_dir)
         try:
             ready_in = wait_for_ping(launched, request.startup_timeout_s)
+            say(
+                f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: sagehost invoke --url "
+                f"http://127.0.0.1:{sock.getsockname()[1]} FILE --content-type text/csv   (Ctrl-C stops it)"
+            )
+            exited_alone = asyncio.run(_serve_until_stopped(Gateway(run.limits, launched.url), sock, launched, say))
         except HealthCheckFailed as exc:
-            launched.stop()
+            launched.stop()  # first, so the log's last lines include how it ended
             say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
             return 1
-        except KeyboardInterrupt:  # Ctrl-C while it starts: its own session does not get the signal
-            launched.stop()
-            raise
-        say(
-            f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: sagehost invoke --url "
-            f"http://127.0.0.1:{sock.getsockname()[1]} FILE --content-type text/csv   (Ctrl-C stops it)"
-        )
-        exited_alone = asyncio.run(_serve_until_stopped(Gateway(run.limits, launched.url), sock, launched, say))
-        seconds, code = launched.stop()
+        finally:  # also on Ctrl-C while it starts: its own session does not get the signal
+            seconds, code = launched.stop()
     if exited_alone:
         say(f"The {launched.label} exited on its own (code {code}): SageMaker would replace the instance.")
         return 1
