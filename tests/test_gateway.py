@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sagehost.errors import UpstreamTimeout, UpstreamUnavailable
+from sagehost.errors import UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.outbound import send
 from sagehost.local.gateway import Gateway, gateway_server, listen
 from sagehost.local.modes import Limits
@@ -302,7 +302,7 @@ class _Upstream:
 
 def test_send_refuses_an_answer_past_its_cap_or_keeps_its_start_when_asked() -> None:
     with _Upstream(_endless([0])) as url:
-        with pytest.raises(UpstreamUnavailable, match=f"is over {MIB} bytes"):
+        with pytest.raises(UpstreamTooLarge, match=f"is over {MIB} bytes"):
             send("GET", url + "/ping", timeout=10, max_body=MIB)
         kept = send("GET", url + "/ping", timeout=10, max_body=MIB, partial=True)
     assert kept.status == 200 and not kept.complete

@@ -21,8 +21,8 @@ def invoke(
     custom_attributes: str | None = None,
     timeout: float = contract.DEFAULT_TIMEOUT_S,
 ) -> Answer:
-    """The server's answer, whatever its status; UpstreamTimeout or UpstreamUnavailable when
-    there was none (see sagehost.http.outbound)."""
+    """The server's answer, whatever its status; UpstreamTimeout, UpstreamTooLarge (over 100 MB)
+    or UpstreamUnavailable when there was none to print (see sagehost.http.outbound)."""
     target = url.rstrip("/")
     if not target.endswith("/invocations"):
         target += "/invocations"

@@ -8,9 +8,9 @@ here), so the cap counts the bytes on the wire and a small gzip bomb cannot grow
 Redirects are not followed: SageMaker does not follow them either.
 
 Translation (httpx -> sagehost.errors), here and nowhere else:
-- no answer within the deadline         -> UpstreamTimeout
-- cannot connect, a connection broken, a malformed answer, an answer over the cap, a bad URL
-                                        -> UpstreamUnavailable
+- no answer within the deadline: UpstreamTimeout;
+- an answer over the caller's cap (the connection is dropped): UpstreamTooLarge;
+- cannot connect, a connection broken, a malformed answer, a bad URL: UpstreamUnavailable.
 Each message names the URL and says what happened, for a person to act on.
 """
 
@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import httpx
 
-from sagehost.errors import SagehostError, UpstreamTimeout, UpstreamUnavailable
+from sagehost.errors import SagehostError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 
 _IDENTITY = {"Accept-Encoding": "identity"}
 _Client = TypeVar("_Client", httpx.Client, httpx.AsyncClient)
@@ -62,7 +62,7 @@ def send(
     partial: bool = False,
 ) -> Answer:
     """One request, its answer read whole up to `max_body` bytes, all within about `timeout` s.
-    Past `max_body` the answer is refused (UpstreamUnavailable), or with `partial` its first
+    Past `max_body` the answer is refused (UpstreamTooLarge), or with `partial` its first
     `max_body` bytes are kept and `complete` is False: for a caller that judges the status."""
     started = time.monotonic()
     try:
@@ -178,8 +178,8 @@ async def _capped_async(chunks: AsyncIterator[bytes], url: str, max_body: int) -
     return b"".join(kept)
 
 
-def _too_large(url: str, max_body: int) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"The answer from {url} is over {max_body} bytes; sagehost stopped reading it there.")
+def _too_large(url: str, max_body: int) -> UpstreamTooLarge:
+    return UpstreamTooLarge(f"The answer from {url} is over {max_body} bytes; sagehost stopped reading it there.")
 
 
 def _no_answer_in_time(url: str, timeout: float) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from sagehost.errors import PayloadTooLarge, StartupError, UpstreamTimeout, UpstreamUnavailable
+from sagehost.errors import PayloadTooLarge, StartupError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.limits import Limits as HttpLimits
 from sagehost.http.outbound import async_client, send_async
 from sagehost.http.server import Connection, HttpServer
@@ -130,7 +130,7 @@ class Gateway:
             )
         except UpstreamTimeout as exc:
             return _model_error(0, _TIMED_OUT if invocation else exc.message)
-        except UpstreamUnavailable as exc:  # unreachable, broken off, or an answer over the limit
+        except (UpstreamUnavailable, UpstreamTooLarge) as exc:  # unreachable, broken off, over the limit
             return _model_error(0, exc.message)
         if answer.status >= 400 and invocation:
             return _model_error(answer.status, answer.body.decode("utf-8", errors="replace"))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sagehost import contract
-from sagehost.errors import StartupError, UpstreamTimeout, UpstreamUnavailable
+from sagehost.errors import StartupError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.outbound import send
 from sagehost.image.engine import Engine
 from sagehost.local.modes import Run
@@ -143,7 +143,7 @@ def ping(url: str) -> int | None:
     """/ping's status within SageMaker's 2 s, or None when nothing answered in time."""
     try:
         return send("GET", url + "/ping", timeout=contract.PING_TIMEOUT_S, max_body=_PING_ANSWER_BYTES).status
-    except (UpstreamTimeout, UpstreamUnavailable):
+    except (UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable):
         return None
 
 
