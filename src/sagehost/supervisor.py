@@ -50,7 +50,8 @@ def supervise(
     start, workers die too often, or the sidecar gives up.
 
     With `wait_ready`, the workers load after the fork: this process answers 503 on `sock`
-    until the first of them writes to its ready fd.
+    until the first of them writes to its ready fd. Returns with SIGTERM and SIGINT ignored:
+    the caller is expected to exit with the code.
     """
     return _Supervisor(sock, work, sidecar).run(workers, wait_ready)
 
@@ -246,15 +247,14 @@ class _Supervisor:
 
     # ---- signals ------------------------------------------------------------------------------
 
-    def _install_signals(self) -> dict[signal.Signals, _Handler]:
+    def _install_signals(self) -> _Handler:
         """Handlers only record; the loop, woken through the pipe, does the work."""
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self._drain_wake)
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGCHLD, _wake_only)  # a Python handler, so the wake-up fd is written
+        previous = signal.signal(signal.SIGCHLD, _wake_only)  # a Python handler, so the wake-up fd is written
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         return previous
 
@@ -266,10 +266,14 @@ class _Supervisor:
             while os.read(self.wake_r, 4096):
                 pass
 
-    def _close(self, previous: dict[signal.Signals, _Handler]) -> None:
+    def _close(self, previous_sigchld: _Handler) -> None:
+        # Nothing is left to drain: a second SIGTERM now (SageMaker's, or an impatient caller's)
+        # must not turn the exit 0 into death by signal. Ignored, not a Python handler, since the
+        # interpreter resets those to the default while it finalizes (which takes ~0.5 s here).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGCHLD, previous_sigchld)
         self._loaded()
         self.selector.close()
         os.close(self.wake_r)

@@ -96,6 +96,8 @@ class LoadingResponder:
 
     def close(self) -> None:
         """Answer whoever has not been answered, close every connection, leave `sock` open."""
+        if self._closed:
+            return
         self._closed = True  # a caller may still hold ready keys from before: they do nothing now
         for conn, pending in list(self._open.items()):
             if not pending.answered:
