@@ -49,7 +49,7 @@ import httptools
 
 from sagehost import contract, supervisor
 from sagehost.answers import too_large
-from sagehost.errors import HeaderTooLarge, PayloadTooLarge, RequestError, RequestTimeout, SagehostError
+from sagehost.errors import HeaderTooLarge, RequestError, RequestTimeout, SagehostError
 from sagehost.http.limits import Limits
 
 log = logging.getLogger("sagehost.http")
@@ -274,8 +274,8 @@ class Connection(asyncio.Protocol):
             "(SAGEHOST_MAX_HEADER_KB). Send fewer or shorter headers."
         )
 
-    def _too_large(self) -> PayloadTooLarge:
-        return too_large(self._limits.body_bytes)
+    def _too_large(self) -> SagehostError:
+        return self._server.too_large(self._limits.body_bytes)
 
     # ---- answering, one request at a time, in order ---------------------------------------------
 
@@ -486,9 +486,19 @@ def _scope(request: Request) -> dict[str, Any]:
 class HttpServer:
     """Serves one ASGI app on a listening socket until `stop` (or SIGTERM/SIGINT)."""
 
-    def __init__(self, app: Any, limits: Limits, connection: ConnectionType | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        limits: Limits,
+        connection: ConnectionType | None = None,
+        *,
+        too_large: Callable[[int], SagehostError] = too_large,
+    ) -> None:
         self.app = app  # Any: a transparent proxy's connections reach into the App for its service
         self.limits = limits
+        self.too_large = too_large
+        """The 413 the server answers itself, given the limit (the local runtime stand-in answers in
+        InvokeEndpoint's words)."""
         self.body_limit = limits.body_bytes
         self._connection: ConnectionType = connection or Connection
         self.connections: set[Connection] = set()

@@ -26,7 +26,7 @@ import httpx
 from sagehost.errors import PayloadTooLarge, StartupError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.limits import Limits as HttpLimits
 from sagehost.http.outbound import async_client, send_async
-from sagehost.http.server import Connection, HttpServer
+from sagehost.http.server import HttpServer
 from sagehost.local.modes import Limits
 
 Message = MutableMapping[str, Any]
@@ -155,14 +155,6 @@ class _RuntimeTooLarge(PayloadTooLarge):
         return json.dumps({"message": self.message}).encode()
 
 
-class _RuntimeConnection(Connection):
-    """The server's own 413 (a declared length over the limit, or a chunked body past it) in the
-    runtime's shape."""
-
-    def _too_large(self) -> PayloadTooLarge:
-        return too_large(self._limits.body_bytes)
-
-
 def listen(port: int) -> socket.socket:
     """The gateway's socket on 127.0.0.1:`port`, bound before anything starts, so a taken port
     fails first."""
@@ -179,7 +171,7 @@ def listen(port: int) -> socket.socket:
 
 def gateway_server(gateway: Gateway) -> HttpServer:
     """sagehost's HTTP server for `gateway`, with its payload limit; `serve(sock)` runs it."""
-    return HttpServer(gateway, HttpLimits(body_bytes=gateway.limits.payload_bytes), _RuntimeConnection)
+    return HttpServer(gateway, HttpLimits(body_bytes=gateway.limits.payload_bytes), too_large=too_large)
 
 
 async def _body(scope: Message, receive: Receive, limit: int) -> bytes | None:
