@@ -2,8 +2,10 @@
 and `application/x-recordio-protobuf`, so its clients work unchanged against sagehost.
 
 Sparse rows become dense rows with NaN where a feature is absent: XGBoost treats NaN as
-missing, exactly as it treats an absent entry of a sparse matrix. The table is marked sparse,
-so the schema widens it to the model's feature count.
+missing, exactly as it treats an absent entry of a sparse matrix. Feature indices are claims:
+an index past the model's width is refused, and without a known width the dense table must fit
+the body's value budget (codecs/limits.py), checked before it is allocated. Entries are kept
+in flat typed arrays until then, 16 bytes each, whatever the rows look like.
 https://docs.aws.amazon.com/sagemaker/latest/dg/xgboost.html#InputOutput-XGBoost
 https://docs.aws.amazon.com/sagemaker/latest/dg/cdf-inference.html
 """
@@ -11,19 +13,54 @@ https://docs.aws.amazon.com/sagemaker/latest/dg/cdf-inference.html
 from __future__ import annotations
 
 import struct
+from array import array
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from sagehost.codecs import limits
 from sagehost.errors import InvalidPayload
 from sagehost.predictor import Shape, Table
 
-_MAX_WIDTH = 1_000_000  # refuse an index that would allocate gigabytes for one row
+_MAX_INDEX = (1 << 63) - 1  # bigger keys are kept as this, to be refused as past any width
 
 
-def decode_libsvm(body: bytes) -> Table:
+class _Entries:
+    """Rows of (index, value) entries, in compressed sparse row form."""
+
+    def __init__(self) -> None:
+        self.ends = array("q")  # where each row's entries end
+        self.indices = array("q")
+        self.values = array("d")
+
+    def end_row(self) -> None:
+        self.ends.append(len(self.indices))
+
+    def dense(self, width: int | None, body_length: int, what: str) -> Table:
+        rows = len(self.ends)
+        indices = np.frombuffer(self.indices, dtype=np.int64)
+        if indices.size and int(indices.min()) < 0:
+            raise InvalidPayload(f"{what} feature indices must be 0 or more.")
+        top = int(indices.max()) if indices.size else -1
+        if width is not None and top >= width:
+            row = int(np.searchsorted(self.ends, int(np.argmax(indices)), side="right")) + 1
+            raise InvalidPayload(
+                f"{what} row {row} has feature index {top:,}, past this model's {width:,} features "
+                f"(indices 0 to {width - 1:,})."
+            )
+        columns = width if width is not None else max(top + 1, 1)
+        limits.check_values(rows, columns, body_length, what)
+        dense = np.full((rows, columns), np.nan)
+        starts = np.concatenate(([0], np.frombuffer(self.ends, dtype=np.int64)[:-1]))
+        row_of = np.repeat(np.arange(rows), np.frombuffer(self.ends, dtype=np.int64) - starts)
+        dense[row_of, indices] = np.frombuffer(self.values, dtype=np.float64)
+        return Table(dense, None, Shape.ROWS, sparse=True)
+
+
+def decode_libsvm(body: bytes, width: int | None = None) -> Table:
     """`[label] index:value index:value …` per line; indices are column numbers as written."""
-    entries: list[list[tuple[int, float]]] = []
+    entries = _Entries()
     for number, line in enumerate(body.decode("utf-8", errors="replace").splitlines(), start=1):
         tokens = line.split("#", 1)[0].split()
         if not tokens:
@@ -31,131 +68,146 @@ def decode_libsvm(body: bytes) -> Table:
         if ":" not in tokens[0]:
             tokens = tokens[1:]  # the label, which scoring ignores
         try:
-            entries.append([(int(i), float(v)) for i, v in (t.split(":", 1) for t in tokens)])
-        except ValueError:
+            for token in tokens:
+                index, value = token.split(":", 1)
+                entries.indices.append(int(index))
+                entries.values.append(float(value))
+        except (ValueError, OverflowError):
             raise InvalidPayload(f"libsvm line {number} is not 'label index:value …'.") from None
-    return _dense(entries)
-
-
-def _dense(entries: list[list[tuple[int, float]]]) -> Table:
-    width = 1 + max((i for row in entries for i, _ in row), default=-1)
-    if width > _MAX_WIDTH or any(i < 0 for row in entries for i, _ in row):
-        raise InvalidPayload(f"Feature indices must be between 0 and {_MAX_WIDTH - 1}.")
-    rows = np.full((len(entries), max(width, 1)), np.nan)
-    for r, row in enumerate(entries):
-        for i, value in row:
-            rows[r, i] = value
-    return Table(rows, None, Shape.ROWS, sparse=True)
+        entries.end_row()
+    return entries.dense(width, len(body), "libsvm")
 
 
 # ---- RecordIO-wrapped protobuf (aialgs.data.Record), decoded by hand: no protobuf runtime ----
+# Every length is checked against the bytes that remain: a record or field that claims more
+# than is there is refused, never sliced short. https://protobuf.dev/programming-guides/encoding/
 
 _RECORDIO_MAGIC = 0xCED7230A
 _FEATURES, _MAP_KEY, _MAP_VALUE = 1, 1, 2
 _FLOAT32_TENSOR, _FLOAT64_TENSOR, _INT32_TENSOR = 2, 3, 7
-_TENSOR_VALUES, _TENSOR_KEYS, _TENSOR_SHAPE = 1, 2, 3
+_TENSOR_VALUES, _TENSOR_KEYS = 1, 2  # a sparse tensor's `shape` (3) is a claim: the keys decide
+_PACKED: dict[int, np.dtype[Any]] = {_FLOAT32_TENSOR: np.dtype("<f4"), _FLOAT64_TENSOR: np.dtype("<f8")}
+_MAX_VARINT = 10  # bytes: a 64-bit varint never needs more
 
 
-def decode_recordio_protobuf(body: bytes) -> Table:
+class _Malformed(Exception):
+    """Raised inside the protobuf reader; becomes one InvalidPayload at its boundary."""
+
+
+def decode_recordio_protobuf(body: bytes, width: int | None = None) -> Table:
     """Each record's `features["values"]` tensor is one row (dense, or sparse with keys)."""
-    entries: list[list[tuple[int, float]]] = []
+    entries = _Entries()
     try:
         for record in _recordio(body):
-            entries.append(_record_row(record))
-    except (IndexError, struct.error, ValueError, UnicodeDecodeError):
-        raise InvalidPayload("The body is not valid RecordIO-protobuf (aialgs.data.Record).") from None
-    return _dense(entries)
+            _record_row(record, entries)
+            entries.end_row()
+    except _Malformed as exc:
+        raise InvalidPayload(f"The body is not valid RecordIO-protobuf (aialgs.data.Record): {exc}.") from None
+    return entries.dense(width, len(body), "RecordIO-protobuf")
 
 
-def _recordio(body: bytes) -> list[bytes]:
-    records, offset = [], 0
+def _recordio(body: bytes) -> Iterator[memoryview]:
+    view, offset = memoryview(body), 0
     while offset < len(body):
+        if offset + 8 > len(body):
+            raise _Malformed("a record header is cut short")
         magic, header = struct.unpack_from("<II", body, offset)
         if magic != _RECORDIO_MAGIC:
-            raise ValueError("bad magic")
+            raise _Malformed("a record does not start with RecordIO's magic number")
         length = header & ((1 << 29) - 1)  # the top 3 bits flag multi-part records
         start = offset + 8
         if start + length > len(body):
-            raise ValueError("truncated record")
-        records.append(body[start : start + length])
+            raise _Malformed("a record's length runs past the end of the body")
+        yield view[start : start + length]
         offset = start + ((length + 3) & ~3)  # records are padded to 4 bytes
-    return records
 
 
-def _record_row(record: bytes) -> list[tuple[int, float]]:
+def _record_row(record: memoryview, entries: _Entries) -> None:
     for field, value in _fields(record):
-        if field != _FEATURES:
+        if field != _FEATURES or isinstance(value, int):
             continue
         entry = dict(_fields(value))
-        if entry.get(_MAP_KEY) == b"values":
-            return _tensor_row(entry.get(_MAP_VALUE, b""))
-    raise ValueError("no features['values']")
+        key = entry.get(_MAP_KEY)
+        if isinstance(key, memoryview) and key.tobytes() == b"values":
+            tensor = entry.get(_MAP_VALUE, b"")
+            if isinstance(tensor, int):
+                raise _Malformed("features['values'] is not a tensor")
+            _tensor_row(memoryview(tensor), entries)
+            return
+    raise _Malformed("a record has no features['values'] tensor")
 
 
-def _tensor_row(value: bytes) -> list[tuple[int, float]]:
+def _tensor_row(value: memoryview, entries: _Entries) -> None:
     for kind, tensor in _fields(value):
-        fmt = {_FLOAT32_TENSOR: "f", _FLOAT64_TENSOR: "d", _INT32_TENSOR: "i"}.get(kind)
-        if fmt is None:
+        if kind not in (_FLOAT32_TENSOR, _FLOAT64_TENSOR, _INT32_TENSOR) or isinstance(tensor, int):
             continue
-        values: list[float] = []
-        keys: list[int] = []
+        first = len(entries.values)
+        keys = array("q")
         for field, data in _fields(tensor):
             if field == _TENSOR_VALUES:
-                values.extend(_packed(data, fmt))
+                _add_values(kind, data, entries.values)
             elif field == _TENSOR_KEYS:
-                keys.extend(_varints(data))
-        return list(zip(keys, values, strict=True)) if keys else list(enumerate(values))
-    raise ValueError("no tensor")
+                keys.extend(min(k, _MAX_INDEX) for k in _varints(data))
+        count = len(entries.values) - first
+        if keys and len(keys) != count:
+            raise _Malformed("a sparse tensor has a different number of keys and values")
+        entries.indices.extend(keys if keys else range(count))
+        return
+    raise _Malformed("features['values'] holds no float32, float64 or int32 tensor")
 
 
-def _fields(message: bytes) -> list[tuple[int, Any]]:
-    """(field number, bytes or int) for each field of a protobuf message."""
-    out: list[tuple[int, Any]] = []
-    offset = 0
-    while offset < len(message):
+def _add_values(kind: int, data: Any, out: array[float]) -> None:
+    if kind == _INT32_TENSOR:
+        out.extend(float(v - (1 << 64) if v >= 1 << 63 else v) for v in _varints(data))
+        return
+    if isinstance(data, int):
+        raise _Malformed("a float tensor's values are not floats")
+    dtype = _PACKED[kind]
+    if len(data) % dtype.itemsize:
+        raise _Malformed("a float tensor's values are cut short")
+    out.frombytes(np.frombuffer(data, dtype=dtype).astype(np.float64).tobytes())
+
+
+def _fields(message: memoryview) -> Iterator[tuple[int, int | memoryview]]:
+    """(field number, int or bytes) for each field of a protobuf message."""
+    offset, end = 0, len(message)
+    while offset < end:
         tag, offset = _varint(message, offset)
         field, wire = tag >> 3, tag & 7
         if wire == 0:
             value, offset = _varint(message, offset)
-            out.append((field, value))
-        elif wire == 2:
-            length, offset = _varint(message, offset)
-            out.append((field, message[offset : offset + length]))
-            offset += length
+            yield field, value
+            continue
+        if wire == 2:
+            size, offset = _varint(message, offset)
         elif wire in (1, 5):
             size = 8 if wire == 1 else 4
-            out.append((field, message[offset : offset + size]))
-            offset += size
         else:
-            raise ValueError("unsupported wire type")
-    return out
+            raise _Malformed(f"wire type {wire} is not used by aialgs.data.Record")
+        if offset + size > end:
+            raise _Malformed("a field's length runs past the end of its message")
+        yield field, message[offset : offset + size]
+        offset += size
 
 
-def _packed(data: Any, fmt: str) -> list[float]:
-    if isinstance(data, int):  # a lone unpacked int32
-        return [float(data)]
-    if fmt == "i":
-        return [float(v - (1 << 64) if v >= 1 << 63 else v) for v in _varints(data)]
-    size = struct.calcsize(fmt)
-    return list(struct.unpack(f"<{len(data) // size}{fmt}", data))
-
-
-def _varints(data: Any) -> list[int]:
+def _varints(data: int | memoryview) -> Iterator[int]:
     if isinstance(data, int):
-        return [data]
-    out, offset = [], 0
+        yield data
+        return
+    offset = 0
     while offset < len(data):
         value, offset = _varint(data, offset)
-        out.append(value)
-    return out
+        yield value
 
 
-def _varint(data: bytes, offset: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
+def _varint(data: memoryview, offset: int) -> tuple[int, int]:
+    result = 0
+    for shift in range(0, 7 * _MAX_VARINT, 7):
+        if offset >= len(data):
+            raise _Malformed("a number is cut short")
         byte = data[offset]
         offset += 1
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
             return result, offset
-        shift += 7
+    raise _Malformed(f"a number is longer than {_MAX_VARINT} bytes")

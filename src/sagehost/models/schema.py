@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sagehost.errors import SchemaMismatch
+from sagehost.errors import EmptyPayload, SchemaMismatch
 from sagehost.predictor import ColumnKind, ModelSpec, Rows, Table
 
 _MISSING_TEXT = frozenset({"", "na", "nan", "null", "none"})
@@ -58,6 +58,8 @@ def strip_header(table: Table, spec: ModelSpec) -> Table:
 def _ordered(table: Table, spec: ModelSpec) -> tuple[Any, tuple[str, ...] | None]:
     """Rows in the model's column order, and the names of those columns when known."""
     rows = table.rows
+    if table.columns is not None:
+        _check_named_width(rows, len(table.columns))
     if table.columns is not None and spec.feature_names is not None:
         position = {name: i for i, name in enumerate(table.columns)}
         missing = [name for name in spec.feature_names if name not in position]
@@ -82,6 +84,16 @@ def _check_width(rows: Any, spec: ModelSpec, width: int | None) -> None:
     got = width if width is not None else next(iter(widths))
     if expected is not None and got != expected:
         raise SchemaMismatch(f"Expected {expected} values per row, got {got}.")
+
+
+def _check_named_width(rows: Any, width: int) -> None:
+    """Named columns (a header row, `dataframe_split`) need one value per name in every row."""
+    widths = {rows.shape[1]} if isinstance(rows, np.ndarray) else {len(row) for row in rows}
+    if not widths:
+        raise EmptyPayload("The request holds a header row and no rows of values: send at least one.")
+    if widths != {width}:
+        held = _span(widths) if len(widths) > 1 else str(next(iter(widths)))
+        raise SchemaMismatch(f"{width} columns are named, but rows hold {held} values; each row needs one per name.")
 
 
 def _numeric(rows: Any, names: tuple[str, ...] | None) -> np.ndarray[Any, Any]:
@@ -127,6 +139,8 @@ def _to_float(cell: Any, index: int, names: tuple[str, ...] | None) -> float:
 def _to_text(cell: Any) -> Any:
     if cell is None or isinstance(cell, str):
         return cell
+    if isinstance(cell, (list, dict)):
+        raise SchemaMismatch("A text field must hold one value, not a list or object.")
     if isinstance(cell, float) and cell.is_integer():
         return str(int(cell))
     return str(cell)
