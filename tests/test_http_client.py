@@ -434,9 +434,11 @@ def test_a_request_the_upstream_never_reads_ends_at_the_deadline(run: Any) -> No
 
 
 def test_connections_per_origin_are_bounded_and_the_rest_wait(run: Any) -> None:
+    hold = [0.05]
+
     async def slow(up: Upstream, reader: Reader, writer: Writer) -> None:
         while await up.read(reader) is not None:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(hold[0])
             await up.send(writer, answer())
 
     async def scenario() -> None:
@@ -445,8 +447,12 @@ def test_connections_per_origin_are_bounded_and_the_rest_wait(run: Any) -> None:
             results = await asyncio.gather(*(outcome(client, "POST", up.url, b"x") for _ in range(6)))
             assert [r.status for r in results] == [200] * 6
             assert up.most_open == 2 and len(up.requests) == 6
-            late = await asyncio.gather(*(outcome(client, "POST", up.url, b"x", timeout=0.08) for _ in range(6)))
-            assert {type(r) for r in late} == {Response, UpstreamTimeout}  # waiting ends at the deadline too
+            hold[0] = 0.5  # two requests hold both connections; four more wait, at most 0.1 s
+            sent = [outcome(client, "POST", up.url, b"x") for _ in range(2)]
+            waiting = [outcome(client, "POST", up.url, b"x", timeout=0.1) for _ in range(4)]
+            results = await asyncio.gather(*sent, *waiting)
+            assert [type(r) for r in results] == [Response] * 2 + [UpstreamTimeout] * 4
+            assert len(up.requests) == 8  # a request that timed out waiting was never sent
             client.close()
 
     run(scenario())

@@ -170,7 +170,9 @@ def main() -> None:
     server.daemon_threads = True
     if kind == "workers":
         os.fork()  # both processes serve the one socket; the keeper stops their process group
-    print(f"fake {kind} scorer on {port}, pid {os.getpid()}", flush=True)
+    # one write per line: the two processes of `workers` share the pipe, and print() may write
+    # the text and its newline apart, so their lines would interleave
+    os.write(sys.stdout.fileno(), f"fake {kind} scorer on {port}, pid {os.getpid()}\n".encode())
     server.serve_forever()
 
 

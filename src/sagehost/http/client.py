@@ -14,7 +14,7 @@ It never invents, duplicates or changes work, whatever the upstream does (issue 
   request is written); one found closed before any byte is written is dropped and another used.
   Once bytes are written, a broken connection is a 502 for a POST: the scoring server may have
   received it, and a second copy would score it twice (or repeat its side effects). Only GET,
-  idempotent (RFC 9110 §9.2.2), is retried once on a fresh connection.
+  idempotent (RFC 9110 §9.2.2), is retried, once.
 - Redirects as RFC 9110 §15.4 defines them: 307 and 308 are followed with the same method and
   body; 301, 302 and 303 only for GET (health checks). A POST answered 301/302/303 is a 502 that
   names the status and Location: re-sending it as GET would drop its body, and re-sending the
@@ -374,9 +374,12 @@ class Pool:
     def give_back(self, conn: _Connection) -> None:
         now = self.loop.time()
         if conn.open and conn.keep_alive and now < conn.retire_at:
-            if self._waiting:
-                self._waiting.popleft().woken().use(conn, True)
-                return
+            while self._waiting:
+                call = self._waiting.popleft().woken()
+                if now < call.deadline:
+                    call.use(conn, True)
+                    return
+                call.expired()  # its own timer is due: never send what has already timed out
             if not self.closed and len(self._idle) < _MAX_IDLE:
                 idle_until = now + _IDLE_REUSE_S
                 conn.reusable_until = idle_until if idle_until < conn.retire_at else conn.retire_at
@@ -486,6 +489,9 @@ class _Call:
         assert self._pool is not None
         self._timer = None
         self._pool.forget(self)
+        self.expired()
+
+    def expired(self) -> None:
         self._done(self._failure(TimeoutError()))
 
     def unreachable(self, exc: Exception) -> None:
