@@ -373,6 +373,12 @@ def test_h2o_adapter_micro_batches_concurrent_requests(tmp_path: Path) -> None:
         csv = "age,amount,gender,zip\n30,80.50,M,007"
         assert server.client.post("/invocations", content=csv, headers={"Content-Type": "text/csv"}).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/last").json()["rows"] == [["30", "80.50", "M", "007"]]
+        big = "age,amount,gender,zip\n" + "\n".join(f"{r['age']},{r['amount']},{r['gender']},0{i}" for i, r in
+                                                  enumerate(RECORDS * 200))  # fmt: skip
+        assert len(big) > 8 * 1024  # decoded off the event loop
+        answers = server.client.post("/invocations", content=big, headers={"Content-Type": "text/csv"}).json()
+        assert [float(a[1]) for a in answers] == pytest.approx([expected_p(r) for r in RECORDS * 200])
+        assert httpx.get(f"http://127.0.0.1:{port}/last").json()["rows"][-1][-1] == "0599"
     finally:
         server.stop()
 

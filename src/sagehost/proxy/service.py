@@ -30,7 +30,7 @@ from sagehost.errors import (
 )
 from sagehost.http.client import Client, Response
 from sagehost.models.schema import strip_header
-from sagehost.predictor import ModelSpec, Outputs, Rows, Table
+from sagehost.predictor import ModelSpec, Outputs, Rows, Shape, Table
 from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored, Untyped, typed
 from sagehost.proxy.health import UpstreamHealth
 from sagehost.service import Invocation, Reply
@@ -42,6 +42,7 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 _ANSWER_HEADERS = b"x-amzn-"  # SageMaker's own headers: custom attributes, inference id, ...
 _NPY_MAGIC = b"\x93NUMPY"
+_INLINE_BYTES = 8 * 1024  # as sagehost.service: smaller JSON and CSV bodies decode on the event loop
 
 log = logging.getLogger("sagehost.proxy")
 
@@ -124,11 +125,10 @@ class ProxyService:
 
     async def _translate(self, invocation: Invocation, adapter: Adapter) -> Reply:
         accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
-        table = codecs.decode(invocation.body, invocation.content_type)
-        fields, rows = self._named(table)
-        untyped: Untyped = frozenset()
-        if _cells_are_text(invocation.body, invocation.content_type):
-            rows, untyped = typed(fields, rows, self._declared)
+        if len(invocation.body) <= _INLINE_BYTES and codecs.inline(invocation.content_type):
+            fields, rows, untyped, shape = self._prepare(invocation)
+        else:  # decoding a large body would stall every other request of this worker
+            fields, rows, untyped, shape = await asyncio.to_thread(self._prepare, invocation)
         if adapter.batchable:
             batcher, upstream = self._batcher(fields, untyped, adapter)
             outputs = await batcher.predict(Rows(rows), "predict")
@@ -137,7 +137,16 @@ class ProxyService:
             scored = await asyncio.gather(*(self._call_one(adapter, fields, untyped, row) for row in rows))
             outputs = [row for s in scored for row in s.rows]
             labels = scored[0].fields
-        return Reply(codecs.encode(outputs, accept, table.shape, labels), accept)
+        return Reply(codecs.encode(outputs, accept, shape, labels), accept)
+
+    def _prepare(self, invocation: Invocation) -> tuple[Fields, list[list[Any]], Untyped, Shape]:
+        """Named rows, CSV cells typed as declared, and the fields left as untyped text."""
+        table = codecs.decode(invocation.body, invocation.content_type)
+        fields, rows = self._named(table)
+        untyped: Untyped = frozenset()
+        if _cells_are_text(invocation.body, invocation.content_type):
+            rows, untyped = typed(fields, rows, self._declared)
+        return fields, rows, untyped, table.shape
 
     def _named(self, table: Table) -> tuple[Fields, list[list[Any]]]:
         columns = self._column_names
