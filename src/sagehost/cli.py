@@ -151,8 +151,8 @@ def serve(**params: Any) -> None:
 
 def serve_settings(params: Mapping[str, Any]) -> Settings:
     """`serve`'s settings; with an upstream set it runs the proxy, with the proxy's defaults."""
-    settings = _settings(params)
-    return _settings(params, PROXY_DEFAULTS) if settings.upstream else settings
+    as_proxy = proxy_settings(params)  # first, as those read fewer names: see PROXY_DEFAULTS
+    return as_proxy if as_proxy.upstream else _settings(params)
 
 
 @main.command()

@@ -13,6 +13,7 @@ SagehostError                    500 internal_error
 ├── NotAcceptable                406 not_acceptable       (Accept)
 ├── RequestTimeout               408 request_timeout      (head or body too slow)
 ├── PayloadTooLarge              413 payload_too_large
+│   └── _RuntimeTooLarge         413 payload_too_large    (local/gateway.py: in InvokeEndpoint's words)
 ├── UnsupportedMediaType         415 unsupported_media_type (Content-Type)
 ├── HeaderTooLarge               431 header_too_large     (request line + headers over the cap)
 ├── ModelError                   500 model_error          (the model or a user hook raised)
@@ -26,15 +27,28 @@ SagehostError                    500 internal_error
 └── UpstreamTimeout              504 upstream_timeout     (proxy: no answer within --timeout)
 StartupError                     (not HTTP: the process exits with its paragraph)
 ├── ConfigError                  (a bad setting; the CLI answers it as a usage error, exit 2)
+│   └── AwsOptionError           (aws/errors.py: a deploy option SageMaker would refuse)
 ├── ModelLoadError
 ├── EngineError                  (image/engine.py: the container engine is missing or refused)
 ├── WheelhouseError              (image/wheelhouse.py: dependencies would not resolve to wheels)
-└── HealthCheckFailed            (local/launch.py: no 200 from /ping in time)
+├── HealthCheckFailed            (local/launch.py: no 200 from /ping in time)
+└── AwsError                     (aws/errors.py, which details these: AWS refused or is unreachable)
+    ├── AwsCredentialsError
+    ├── AwsUnreachable
+    ├── AwsPermissionDenied
+    ├── AwsNotFound
+    ├── AwsQuotaExceeded
+    ├── AwsConflict
+    ├── PreflightFailed
+    └── DeployFailed
 ```
 
-Classes defined beside the code that raises them are drawn with their module. Messages are
-written for a person to act on. They never carry the request's data or a traceback: those go
-to the log, under the request id.
+Classes defined beside the code that raises them are drawn with their module; a private
+exception that never leaves its module (a parser's signal to stop) is not part of the tree.
+tests/test_errors.py holds this drawing to the code.
+
+Messages are written for a person to act on. They never carry the request's data or a
+traceback: those go to the log, under the request id.
 """
 
 from __future__ import annotations
