@@ -28,7 +28,7 @@ from sagehost.errors import ModelNotReady
 HEAD_TIMEOUT_S = 2.0  # a ping arrives whole in one packet; anything slower is answered anyway
 HEAD_CAP = 8 * 1024  # enough for any ping's head; the rest is not ours to parse
 LINGER_S = 1.0
-LINGER_CAP = 256 * 1024  # bytes discarded while lingering, at most
+LINGER_CAP = 64 * 1024  # bytes discarded while lingering, at most
 MAX_OPEN = 128
 ACCEPT_BATCH = 64  # connections taken per wake-up, so one flood cannot starve the caller's other work
 ONE_SHOT_WAIT_S = 0.05  # `answer_loading`'s whole budget per connection
