@@ -13,6 +13,7 @@ https://docs.aws.amazon.com/sagemaker/latest/dg/cdf-inference.html
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from collections.abc import Iterator
 from typing import Any
@@ -88,6 +89,8 @@ _FLOAT32_TENSOR, _FLOAT64_TENSOR, _INT32_TENSOR = 2, 3, 7
 _TENSOR_VALUES, _TENSOR_KEYS = 1, 2  # a sparse tensor's `shape` (3) is a claim: the keys decide
 _PACKED: dict[int, np.dtype[Any]] = {_FLOAT32_TENSOR: np.dtype("<f4"), _FLOAT64_TENSOR: np.dtype("<f8")}
 _MAX_VARINT = 10  # bytes: a 64-bit varint never needs more
+_LITTLE_ENDIAN = sys.byteorder == "little"  # protobuf's fixed-width values are little-endian
+_SMALL = 256  # bytes of float32 values converted without numpy
 
 
 class _Malformed(Exception):
@@ -165,7 +168,14 @@ def _add_values(kind: int, data: Any, out: array[float]) -> None:
     dtype = _PACKED[kind]
     if len(data) % dtype.itemsize:
         raise _Malformed("a float tensor's values are cut short")
-    out.frombytes(np.frombuffer(data, dtype=dtype).astype(np.float64).tobytes())
+    if kind == _FLOAT64_TENSOR and _LITTLE_ENDIAN:
+        out.frombytes(data)
+    elif len(data) <= _SMALL and _LITTLE_ENDIAN:  # numpy's fixed cost is more than a few floats'
+        floats = array("f")
+        floats.frombytes(data)
+        out.fromlist(floats.tolist())
+    else:
+        out.frombytes(np.frombuffer(data, dtype=dtype).astype(np.float64).tobytes())
 
 
 def _fields(message: memoryview) -> Iterator[tuple[int, int | memoryview]]:
@@ -201,6 +211,8 @@ def _varints(data: int | memoryview) -> Iterator[int]:
 
 
 def _varint(data: memoryview, offset: int) -> tuple[int, int]:
+    if offset < len(data) and data[offset] < 0x80:
+        return data[offset], offset + 1  # most tags and lengths: one byte
     result = 0
     for shift in range(0, 7 * _MAX_VARINT, 7):
         if offset >= len(data):
