@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import selectors
+import signal
 import socket
 import sys
 import threading
@@ -29,6 +29,7 @@ from sagehost.batching import MicroBatcher
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError, SagehostError, StartupError
 from sagehost.http.limits import Limits
+from sagehost.http.loading import LoadingResponder
 from sagehost.http.server import ConnectionType, serve_app
 from sagehost.models import Loaded, fork_safe, load
 from sagehost.models.schema import conform
@@ -142,6 +143,9 @@ def run_app(
     """sagehost's HTTP server running the app on the shared socket until SIGTERM; the exit code."""
     app = App(settings, load_service)
     code = serve_app(sock, app, Limits.of(settings), connection)
+    # Drained: a second SIGTERM while Python shuts down must not turn exit 0 into death by signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     MODEL_THREAD.shutdown()
     return STARTUP_FAILED if app.failed else code
 
@@ -194,12 +198,9 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
 
     loader = threading.Thread(target=target, name="sagehost-load", daemon=True)
     loader.start()
-    with selectors.DefaultSelector() as selector:
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ)
+    with LoadingResponder(sock) as responder:
         while loader.is_alive():
-            if selector.select(timeout=0.05):
-                supervisor.answer_loading(sock)
+            responder.poll(0.05)
     loader.join()
     if "error" in result:
         error = result["error"]

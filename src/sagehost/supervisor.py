@@ -14,20 +14,21 @@ stopped after the workers have drained, since their in-flight requests may still
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from types import FrameType
 
 from sagehost import contract
-from sagehost.http.loading import Callback, LoadingResponder, answer_loading
+from sagehost.http.loading import Callback, LoadingResponder
 
-# answer_loading lives in sagehost.http.loading; server.py still imports it from here.
-__all__ = ["GIVE_UP_DEATHS", "STARTUP_FAILED", "Work", "answer_loading", "supervise"]
+__all__ = ["GIVE_UP_DEATHS", "STARTUP_FAILED", "Work", "supervise"]
 
 log = logging.getLogger("sagehost.server")
 
@@ -36,6 +37,7 @@ SIDECAR = -1  # the sidecar's slot
 GIVE_UP_DEATHS = 10
 DEATH_WINDOW_S = 60.0
 KILL_AFTER_S = contract.SHUTDOWN_GRACE_S + 3  # then SIGKILL: SageMaker's own deadline is 30 s
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _IDLE_WAKE_S = 1.0  # a wake-up with nothing to do, in case a signal's wake-up byte was lost
 
 _Handler = Callable[[int, FrameType | None], object] | int | None
@@ -162,6 +164,7 @@ class _Supervisor:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # the worker installs its own once it serves
+        _stop_with_parent()
         if self.responder is not None:
             self.responder.abandon()
         self.selector.close()
@@ -296,6 +299,20 @@ def _how(code: int) -> str:
 
 def _wake_only(signum: int, frame: FrameType | None) -> None:
     return None
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux to SIGTERM this child when the supervisor dies (killed itself, say), so no
+    orphaned worker keeps the port and serves on unsupervised. In a container they would die
+    with it; on a host they would not. Elsewhere a no-op.
+    https://man7.org/linux/man-pages/man2/prctl.2.html (PR_SET_PDEATHSIG)"""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _signal(pids: list[int], sig: int) -> None:

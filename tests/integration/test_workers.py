@@ -161,6 +161,23 @@ def test_ten_deaths_in_a_minute_stop_the_server(iris_dir: Path, tmp_path: Path) 
     assert server.log.count("starting a replacement") == 9
 
 
+def test_workers_stop_when_the_supervisor_is_killed(iris_dir: Path, tmp_path: Path) -> None:
+    """No orphaned worker keeps the port and serves on unsupervised (PR_SET_PDEATHSIG)."""
+    server = start_server(iris_dir, tmp_path, {"SAGEHOST_WORKERS": "2"})
+    try:
+        workers = children_of(server.process.pid)
+        assert len(workers) == 2
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+        def gone() -> bool:
+            return not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+        wait_for(gone, timeout=REPLACED_WITHIN_S)
+    finally:
+        server.stop()
+
+
 def test_sigterm_during_back_off_drains_and_exits_at_once(iris_dir: Path, tmp_path: Path) -> None:
     server = start_server(iris_dir, tmp_path, {"SAGEHOST_WORKERS": "2"})
     killed: set[int] = set()

@@ -31,7 +31,6 @@ LINGER_S = 1.0
 LINGER_CAP = 64 * 1024  # bytes discarded while lingering, at most
 MAX_OPEN = 128
 ACCEPT_BATCH = 64  # connections taken per wake-up, so one flood cannot starve the caller's other work
-ONE_SHOT_WAIT_S = 0.05  # `answer_loading`'s whole budget per connection
 
 _BODY = ModelNotReady("The model is still loading; /ping answers 200 once it can predict.").body()
 LOADING = (
@@ -172,32 +171,3 @@ def _answer(conn: socket.socket) -> None:
     with contextlib.suppress(OSError):
         conn.send(LOADING)
         conn.shutdown(socket.SHUT_WR)
-
-
-def answer_loading(sock: socket.socket) -> None:
-    """Answer one waiting connection, spending at most `ONE_SHOT_WAIT_S` on it.
-
-    For a caller that only polls the listening socket; one with a selector loop uses
-    `LoadingResponder`, which never waits on any single client.
-    """
-    try:
-        conn, _ = sock.accept()
-    except (BlockingIOError, InterruptedError):
-        return
-    except OSError:
-        return
-    with conn:
-        deadline = time.monotonic() + ONE_SHOT_WAIT_S
-        seen = b""
-        with contextlib.suppress(OSError):
-            while b"\r\n\r\n" not in seen and len(seen) < HEAD_CAP:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                conn.settimeout(left)
-                data = conn.recv(HEAD_CAP - len(seen))
-                if not data:
-                    break
-                seen += data
-        conn.setblocking(False)
-        _answer(conn)
