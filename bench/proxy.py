@@ -305,12 +305,13 @@ def report(name: str, runs: dict[str, list[Run]]) -> None:
     the direct runs just before and after it (runs seconds apart share the machine's drift), and
     the median and mean of that."""
     medians = {label: median_high(figures) for label, figures in runs.items()}
+    width = max(len(label) for label in runs)
     for label, figures in runs.items():
         m = Run(*(median_high(values) for values in zip(*(astuple(r) for r in figures), strict=True)))
         low, high = min(r.cpu_us for r in figures), max(r.cpu_us for r in figures)
         cpu = f"  proxy CPU {m.cpu_us:5.0f} us/request ({low:.0f}-{high:.0f})" if m.cpu_us else ""
         latency = f"p50 {m.p50:7.2f} ms  p99 {m.p99:8.2f} ms"
-        line = f"{name:6} {label:15} {m.rps:9.0f} req/s  {latency}  errors {m.errors}  machine busy"
+        line = f"{name:6} {label:{width}} {m.rps:9.0f} req/s  {latency}  errors {m.errors}  machine busy"
         print(f"{line} {m.busy:4.0%}{cpu}", flush=True)
     direct = runs["direct"]
     for label in [label for label in runs if label != "direct"]:
@@ -318,8 +319,9 @@ def report(name: str, runs: dict[str, list[Run]]) -> None:
         brackets = zip(runs[label], direct[:-1], direct[1:], strict=True)
         paired = sorted(r.rps / ((before.rps + after.rps) / 2) for r, before, after in brackets)
         rounds = ", ".join(f"{r:.1%}" for r in paired)
-        error = f", mean {mean(paired):.1%} ± {stdev(paired) / len(paired) ** 0.5:.1%} (standard error)"
-        by_round = f"median {median_high(paired):.1%}{error if len(paired) > 1 else ''}"
+        by_round = f"median {median_high(paired):.1%}"
+        if len(paired) > 1:
+            by_round += f", mean {mean(paired):.1%} ± {stdev(paired) / len(paired) ** 0.5:.1%} (standard error)"
         print(f"{name:6} {label} / direct: {ratio:.1%} as medians; by round, {by_round} ({rounds})")
     if {"sagehost proxy", "Flask proxy"} <= runs.keys():
         times = medians["sagehost proxy"].rps / medians["Flask proxy"].rps
