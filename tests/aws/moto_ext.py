@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from moto.core.exceptions import ServiceException
+from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
 from moto.logs.models import logs_backends
 from moto.sagemaker.exceptions import ValidationError
@@ -179,6 +179,6 @@ def refuse(monkeypatch: pytest.MonkeyPatch, operation: str, code: str, message: 
     """Make SageMaker's `operation` (e.g. "create_model") answer the AWS error `code`."""
 
     def refused(self: SageMakerResponse) -> ActionResult:
-        raise ServiceException(code, message)
+        raise JsonRESTError(code, message)  # answered as is, whether SageMaker's model names the code or not
 
     monkeypatch.setattr(SageMakerResponse, operation, refused)
