@@ -43,7 +43,7 @@ def strip_header(table: Table, spec: ModelSpec) -> Table:
     if table.columns is not None or isinstance(rows, np.ndarray) or not rows:
         return table
     first = rows[0]
-    if not all(isinstance(cell, str) and not _is_number(cell) for cell in first):
+    if not first or not all(isinstance(cell, str) and not _is_number(cell) for cell in first):
         return table
     cells = [cell.strip() for cell in first]
     if spec.feature_names is not None:
@@ -146,10 +146,10 @@ def _to_text(cell: Any) -> Any:
     return str(cell)
 
 
-def _is_number(cell: str) -> bool:
+def _is_number(cell: Any) -> bool:
     try:
         float(cell)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):  # JSON cells may be None, lists or huge integers
         return False
     return True
 
