@@ -21,63 +21,64 @@ MISSING: Any = None  # a named field a record left out; the schema reports it if
 
 
 def decode_json(body: bytes, width: int | None = None) -> Table:
-    _check_depth(body)
-    return json_value_to_table(_loads(body), limits.max_values(len(body)))
+    if body.count(b"[") + body.count(b"{") > limits.MAX_DEPTH:  # fewer cannot nest deeper: the hot path
+        _check_depth(body)
+    return json_value_to_table(_loads(body), len(body))
 
 
 def decode_jsonlines(body: bytes, width: int | None = None) -> Table:
-    _check_depth(body)
-    limit = limits.max_values(len(body))
+    if body.count(b"[") + body.count(b"{") > limits.MAX_DEPTH:
+        _check_depth(body)
     values = [_loads(line) for line in body.splitlines() if line.strip()]
     if all(isinstance(v, dict) for v in values):
-        return _records(values, Shape.ROWS, limit)
+        return _records(values, Shape.ROWS, len(body))
     rows: list[list[Any]] = []
     for value in values:
-        table = json_value_to_table(value, limit)
+        table = json_value_to_table(value, len(body))
         if table.columns is not None:
             raise InvalidPayload("JSON lines must all be objects or all be rows, not a mix.")
         rows.extend(table.rows)
     return Table(rows, None, Shape.ROWS)
 
 
-def json_value_to_table(value: Any, limit: int) -> Table:
-    """`limit`: the most cells the table may hold (limits.max_values of the body's length)."""
+def json_value_to_table(value: Any, body_length: int) -> Table:
+    """`body_length` sets how many cells the table may hold (limits.max_values)."""
     if isinstance(value, list):
-        return _from_list(value, Shape.ROWS, limit)
+        return _from_list(value, Shape.ROWS, body_length)
     if isinstance(value, dict):
-        return _from_object(value, limit)
+        return _from_object(value, body_length)
     raise InvalidPayload("A JSON body must be a list of rows, one row, or an object; got a single value.")
 
 
-def _from_object(obj: dict[str, Any], limit: int) -> Table:
+def _from_object(obj: dict[str, Any], body_length: int) -> Table:
     if "dataframe_split" in obj:
         return _split(obj["dataframe_split"], Shape.WRAPPED)
     if "dataframe_records" in obj:
-        return _records(obj["dataframe_records"], Shape.WRAPPED, limit)
+        return _records(obj["dataframe_records"], Shape.WRAPPED, body_length)
     for key in ("instances", "inputs"):
         if key in obj:
-            return _tensor_style(obj[key], limit)
+            return _tensor_style(obj[key], body_length)
     if "data" in obj and len(obj) <= 2:
         inner = obj["data"]
         if isinstance(inner, dict):
-            return _from_object(inner, limit)
+            return _from_object(inner, body_length)
         if "columns" in obj:
             return _split(obj, Shape.ROWS)
         if isinstance(inner, list):
-            return _from_list(inner, Shape.ROWS, limit)
+            return _from_list(inner, Shape.ROWS, body_length)
     if "columns" in obj and "data" in obj:
         return _split(obj, Shape.ROWS)
     if obj and all(isinstance(v, list) for v in obj.values()):
         return _columnar(obj, Shape.ROWS)
-    return _records([obj], Shape.RECORD, limit)
+    return _records([obj], Shape.RECORD, body_length)
 
 
-def _from_list(items: list[Any], shape: Shape, limit: int) -> Table:
+def _from_list(items: list[Any], shape: Shape, body_length: int) -> Table:
     if not items:
         return Table([], None, shape)
     first = items[0]
     if isinstance(first, dict):
-        return _records(items, Shape.RECORDS if shape is Shape.ROWS else shape, limit)
+        return _records(items, Shape.RECORDS if shape is Shape.ROWS else shape, body_length)
     if isinstance(first, list):
         if not all(isinstance(row, list) for row in items):
             raise InvalidPayload("Every row must be a list when the first one is.")
@@ -87,12 +88,12 @@ def _from_list(items: list[Any], shape: Shape, limit: int) -> Table:
     return Table([items], None, Shape.ROW if shape is Shape.ROWS else shape)
 
 
-def _tensor_style(value: Any, limit: int) -> Table:
+def _tensor_style(value: Any, body_length: int) -> Table:
     # TF-Serving: {"instances": [...]} (row or column format) and {"inputs": ...}.
     if isinstance(value, dict):
         return _columnar(value, Shape.WRAPPED)
     if isinstance(value, list):
-        return _from_list(value, Shape.WRAPPED, limit)
+        return _from_list(value, Shape.WRAPPED, body_length)
     raise InvalidPayload("'instances'/'inputs' must hold a list of rows or an object of columns.")
 
 
@@ -112,7 +113,7 @@ def _split(value: Any, shape: Shape) -> Table:
     return Table(data, tuple(columns), shape)
 
 
-def _records(items: Any, shape: Shape, limit: int) -> Table:
+def _records(items: Any, shape: Shape, body_length: int) -> Table:
     if not isinstance(items, list) or not all(isinstance(r, dict) for r in items):
         raise InvalidPayload("Records must be a list of objects of named fields.")
     columns: dict[str, None] = {}
@@ -122,10 +123,11 @@ def _records(items: Any, shape: Shape, limit: int) -> Table:
     names = tuple(columns)
     # Each record gets a cell for every name any record used: 10,000 records with a field each,
     # all different, would make 100,000,000 cells from 150 KB.
-    if len(items) * len(names) > limit:
+    cells = len(items) * len(names)
+    if cells > limits.FLOOR_VALUES and cells > limits.max_values(body_length):
         raise InvalidPayload(
             f"The records name {len(names):,} different fields across {len(items):,} records; "
-            f"as rows that is more than the {limit:,} values this body may decode to. "
+            f"as rows that is more than the {limits.max_values(body_length):,} values this body may decode to. "
             "Send records with the same fields."
         )
     for record in items:
@@ -161,8 +163,6 @@ _QUICK_PASSES = 8  # typical bodies are 2 to 4 levels deep
 
 
 def _check_depth(body: bytes) -> None:
-    if body.count(b"[") + body.count(b"{") <= limits.MAX_DEPTH:
-        return  # fewer brackets than the limit: it cannot be deeper (the hot path: one comparison)
     if _depth(body) > limits.MAX_DEPTH:
         raise InvalidPayload(
             f"The JSON is nested more than {limits.MAX_DEPTH} levels deep; requests are rows of values, "

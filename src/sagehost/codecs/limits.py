@@ -25,6 +25,10 @@ MAX_DEPTH = 64
 near 1000 and 255 levels, so a body nested deeper is refused before anything walks it."""
 
 
+FLOOR_VALUES = FLOOR_BYTES // _VALUE_BYTES
+"""Any body may decode to this many values; only bigger tables need the body's length."""
+
+
 def max_values(body_length: int) -> int:
     return max(FLOOR_BYTES, BYTES_PER_BODY_BYTE * body_length) // _VALUE_BYTES
 

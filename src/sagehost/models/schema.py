@@ -88,7 +88,7 @@ def _check_width(rows: Any, spec: ModelSpec, width: int | None) -> None:
 
 def _check_named_width(rows: Any, width: int) -> None:
     """Named columns (a header row, `dataframe_split`) need one value per name in every row."""
-    widths = {rows.shape[1]} if isinstance(rows, np.ndarray) else {len(row) for row in rows}
+    widths = {rows.shape[1]} if isinstance(rows, np.ndarray) else set(map(len, rows))
     if not widths:
         raise EmptyPayload("The request holds a header row and no rows of values: send at least one.")
     if widths != {width}:
