@@ -84,6 +84,12 @@ def aws() -> None:
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="The model's environment.")
 @click.option("--startup-timeout", type=int, metavar="S", help="Seconds to the first 200 from /ping (60-3600).")
 @click.option("--download-timeout", type=int, metavar="S", help="Seconds to download the model (60-3600).")
+@click.option("--update", metavar="STRATEGY", help="all-at-once|blue-green|canary:PCT:MIN|linear:PCT:MIN|rolling:PCT.")
+@click.option("--rollback-alarm", "rollback_alarms", multiple=True, metavar="ALARM", help="Rolls an update back.")
+@click.option(
+    "--bake-minutes", type=click.IntRange(0, 60), help="Watch the alarms this long before the old fleet goes."
+)
+@click.option("--autoscale", metavar="MIN:MAX[:TARGET]", help="Instances; TARGET: invocations/instance/minute.")
 @click.option("--tag", "tag_pairs", multiple=True, metavar="KEY=VALUE", help="On everything made; repeatable.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Until InService, with progress and logs.")
 @click.option("--dry-run", is_flag=True, help="Print the calls that would change something; make none.")
@@ -93,7 +99,7 @@ def deploy(name: str, region: str | None, profile: str | None, dry_run: bool, wa
     """Create or update the SageMaker endpoint NAME (idempotent: an unchanged deploy does nothing)."""
     from sagehost.aws.deploy import Deployer
 
-    spec = _deploy_spec(name, options)
+    spec = _deploy_spec(name, {**options, "wait": wait})
     settings = _package_settings(options["flavor"])
     aws = _connect(region, profile, dry_run)
     if dry_run:
@@ -102,7 +108,7 @@ def deploy(name: str, region: str | None, profile: str | None, dry_run: bool, wa
 
 
 def _deploy_spec(name: str, o: dict[str, Any]) -> Any:
-    from sagehost.aws import spec as s
+    from sagehost.aws import autoscale, guardrails, spec as s
     from sagehost.aws.errors import AwsOptionError
 
     async_only = ("async_failure", "async_max_concurrency", "async_success_topic", "async_error_topic")
@@ -110,6 +116,8 @@ def _deploy_spec(name: str, o: dict[str, Any]) -> Any:
         raise AwsOptionError(f"--{given[0].replace('_', '-')} needs --async s3://…")
     if o["data_capture"] is None and _given("capture_percent"):
         raise AwsOptionError("--capture-percent needs --data-capture s3://…")
+    if o["autoscale"] is not None and not o["wait"]:
+        raise AwsOptionError("--autoscale needs --wait: a variant can be scaled once the endpoint is InService.")
     spec = s.DeploySpec(
         name=s.endpoint_name(name),
         image=s.ecr_image(o["image"]),
@@ -128,6 +136,8 @@ def _deploy_spec(name: str, o: dict[str, Any]) -> Any:
         download_timeout_s=s.timeout(o["download_timeout"], "--download-timeout"),
         tags=s.tags(o["tag_pairs"]),
         bucket=o["bucket"],
+        update=guardrails.parse(o["update"], tuple(o["rollback_alarms"]), o["bake_minutes"]),
+        autoscale=None if o["autoscale"] is None else autoscale.parse(o["autoscale"], o["async_output"] is not None),
     )
     return s.combination(spec, instance_options_given=_given("instance_type") or _given("instance_count"))
 

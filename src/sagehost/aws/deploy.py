@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from sagehost.aws import artifact, inventory, preflight
+from sagehost.aws import artifact, autoscale, inventory, preflight
 from sagehost.aws.diagnose import diagnose
 from sagehost.aws.errors import AwsConflict, DeployFailed, PreflightFailed
 from sagehost.aws.requests import config_request, model_request, versioned
@@ -37,6 +37,10 @@ class Target:
     model: Mapping[str, Any]
     config_name: str
     config: Mapping[str, Any]
+
+    @property
+    def variant(self) -> str:
+        return str(self.config["ProductionVariants"][0]["VariantName"])
 
 
 @dataclass
@@ -60,11 +64,13 @@ class Deployer:
         status = None if current is None else str(current["EndpointStatus"])
         if current is not None and current["EndpointConfigName"] == target.config_name and status == "InService":
             aws.echo(f"Endpoint {spec.name} is up to date (config {target.config_name}, InService).")
+            self.scale(target)
             self.sweep(target)
             return
+        scaled = None if current is None else self.scaling_in_the_way(current, target)
         self.ensure(target)
         started_ms = int(time.time() * 1000)
-        self.start(current, target)
+        self.start(current, target, scaled)
         if aws.dry_run:
             self.dry_run_tail(target)
         elif self.wait:
@@ -96,7 +102,25 @@ class Deployer:
         else:
             inventory.require_owned(aws, config["EndpointConfigArn"], name, "endpoint config")
 
-    def start(self, current: Mapping[str, Any] | None, target: Target) -> None:
+    def scaling_in_the_way(self, current: Mapping[str, Any], target: Target) -> str | None:
+        """How an autoscaled variant goes through this update: "retain" its instance count, or
+        "deregister" first when the instance type changes, which SageMaker refuses otherwise.
+        https://docs.aws.amazon.com/sagemaker/latest/dg/endpoint-scaling-update.html"""
+        variant = target.variant
+        if autoscale.current(self.aws, self.spec.name, variant) is None:
+            return None
+        running = inventory.variant_of(self.aws, str(current["EndpointConfigName"]), variant)
+        if running.get("InstanceType") == self.spec.instance_type:
+            return "retain"
+        if self.spec.autoscale is None:
+            raise PreflightFailed(
+                f"Endpoint {self.spec.name} autoscales, and SageMaker refuses an instance-type change while it "
+                f"does. Pass --autoscale MIN:MAX[:TARGET]: sagehost turns autoscaling off for the update and "
+                "back on after it."
+            )
+        return "deregister"
+
+    def start(self, current: Mapping[str, Any] | None, target: Target, scaled: str | None = None) -> None:
         aws, name = self.aws, self.spec.name
         status = None if current is None else str(current["EndpointStatus"])
         if current is not None and current["EndpointConfigName"] == target.config_name and status in BUSY:
@@ -115,6 +139,8 @@ class Deployer:
             current = None
         if current is None:
             aws.echo(f"Creating endpoint {name}: config {target.config_name}, model {target.model_name}.")
+            if self.spec.update is not None:
+                aws.echo("(--update applies to later updates; a new endpoint starts on its own.)")
             aws.write(
                 "sagemaker",
                 "create_endpoint",
@@ -123,15 +149,36 @@ class Deployer:
                 Tags=self.spec.all_tags(),
             )
             return
-        aws.echo(f"Updating endpoint {name}: {current['EndpointConfigName']} -> {target.config_name}.")
-        aws.write("sagemaker", "update_endpoint", EndpointName=name, EndpointConfigName=target.config_name)
+        self.update(current, target, scaled)
+
+    def update(self, current: Mapping[str, Any], target: Target, scaled: str | None) -> None:
+        aws, name, policy = self.aws, self.spec.name, self.spec.update
+        params: dict[str, Any] = {"EndpointName": name, "EndpointConfigName": target.config_name}
+        how = "blue/green, all at once"
+        if policy is not None:
+            params["DeploymentConfig"] = policy.deployment_config()
+            how = f"{policy.kind}" + (f" {policy.percent}%" if policy.percent else "")
+            if self.spec.instance_type.startswith("ml.inf1."):
+                aws.echo("SageMaker applies no deployment guardrails to Inf1 instances: this update goes all at once.")
+        if scaled == "deregister":
+            aws.echo("Autoscaling is off during the update (the instance type changes), and back on after it.")
+            autoscale.deregister(aws, name, target.variant)
+        elif scaled == "retain":
+            # Keep the instance count autoscaling chose, not the config's initial one; data capture
+            # still comes from the new config.
+            params["RetainAllVariantProperties"] = True
+            params["ExcludeRetainedVariantProperties"] = [{"VariantPropertyType": "DataCaptureConfig"}]
+        aws.echo(f"Updating endpoint {name} ({how}): {current['EndpointConfigName']} -> {target.config_name}.")
+        aws.write("sagemaker", "update_endpoint", **params)
 
     def finish(self, target: Target, started_ms: int) -> None:
         aws, name = self.aws, self.spec.name
         tail = LogTail(aws, log_group(name), started_ms)
-        final = until_settled(aws, name, Progress(self.stream, name), tail, timeout_s=self.timeout_s)
+        timeout_s = self.timeout_s + (self.spec.update.duration_s() if self.spec.update else 0)
+        final = until_settled(aws, name, Progress(self.stream, name), tail, timeout_s=timeout_s)
         running = str(final.get("EndpointConfigName"))
         if final.get("EndpointStatus") == "InService" and running == target.config_name:
+            self.scale(target)
             removed = self.sweep(target)
             aws.echo(f"Endpoint {name} is InService: {final.get('EndpointArn')}")
             if removed:
@@ -141,12 +188,23 @@ class Deployer:
             inventory.sweep(aws, name, [running], inventory.models_in(aws, running))
         raise DeployFailed(failure_report(name, final, target.config_name, list(tail.last)))
 
+    def scale(self, target: Target) -> None:
+        scale, spec = self.spec.autoscale, self.spec
+        if scale is None:
+            return
+        is_async = spec.async_output is not None
+        if autoscale.up_to_date(self.aws, spec.name, target.variant, scale, is_async=is_async):
+            self.aws.echo(f"Autoscaling {scale.min}-{scale.max} is up to date.")
+            return
+        autoscale.apply(self.aws, spec.name, target.variant, scale, is_async=is_async, tags=spec.all_tags())
+
     def sweep(self, target: Target) -> list[str]:
         return inventory.sweep(self.aws, self.spec.name, [target.config_name], [target.model_name])
 
     def dry_run_tail(self, target: Target) -> None:
         if self.wait:
-            self.aws.echo("  then wait until InService, and then remove what the endpoint no longer uses:")
+            self.aws.echo("  then wait until InService, and then:")
+            self.scale(target)
             self.sweep(target)
 
 

@@ -69,6 +69,13 @@ def sweep(aws: Aws, name: str, keep_configs: Iterable[str], keep_models: Iterabl
     return removed
 
 
+def variant_of(aws: Aws, config_name: str, variant: str) -> dict[str, Any]:
+    """The named production variant of an endpoint configuration (empty when it is gone)."""
+    config = aws.find("sagemaker", "describe_endpoint_config", EndpointConfigName=config_name) or {}
+    found = [v for v in config.get("ProductionVariants", []) if v.get("VariantName") == variant]
+    return dict(found[0]) if found else {}
+
+
 def models_in(aws: Aws, config_name: str) -> list[str]:
     config = aws.find("sagemaker", "describe_endpoint_config", EndpointConfigName=config_name) or {}
     return [variant["ModelName"] for variant in config.get("ProductionVariants", []) if "ModelName" in variant]

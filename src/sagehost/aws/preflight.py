@@ -24,6 +24,23 @@ DOCKER_V2_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 def check(aws: Aws, spec: DeploySpec) -> None:
     check_role(aws, spec.role)
     check_image(aws, spec)
+    if spec.update is not None and spec.update.alarms:
+        check_alarms(aws, spec.update.alarms)
+
+
+def check_alarms(aws: Aws, names: tuple[str, ...]) -> None:
+    """Alarms that do not exist never fire: the update would have no rollback at all."""
+    try:
+        found = aws.read("cloudwatch", "describe_alarms", AlarmNames=list(names)).get("MetricAlarms", [])
+    except AwsPermissionDenied:
+        log.info("cloudwatch:DescribeAlarms refused; the rollback alarms are not checked")
+        return
+    missing = sorted(set(names) - {alarm["AlarmName"] for alarm in found})
+    if missing:
+        raise AwsNotFound(
+            f"--rollback-alarm {', '.join(missing)}: no such CloudWatch alarm in {aws.region}. "
+            "Create it first (e.g. on the endpoint's Invocation5XXErrors), or drop the option."
+        )
 
 
 def check_role(aws: Aws, arn: str) -> None:

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 
 from sagehost.aws import inventory
 from sagehost.aws.artifact import KEY_PREFIX
+from sagehost.aws.autoscale import ALARM_PREFIX, DIMENSION
 from sagehost.aws.session import Aws
 from sagehost.aws.spec import TAG_KEY
-
-ALARM_PREFIX = "sagehost-"
-"""Alarms sagehost makes are named sagehost-NAME-…; they are deleted only when tagged for NAME."""
 
 
 @dataclass
@@ -64,7 +62,7 @@ def remove(aws: Aws, found: Found) -> None:
             "deregister_scalable_target",
             ServiceNamespace="sagemaker",
             ResourceId=resource_id,
-            ScalableDimension="sagemaker:variant:DesiredInstanceCount",
+            ScalableDimension=DIMENSION,
         )
     if found.alarms:
         aws.write("cloudwatch", "delete_alarms", AlarmNames=found.alarms)

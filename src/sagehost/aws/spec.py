@@ -13,7 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sagehost.aws.autoscale import Autoscale
 from sagehost.aws.errors import AwsOptionError
+from sagehost.aws.guardrails import UpdatePolicy
 
 TAG_KEY = "sagehost:endpoint"
 """Every resource sagehost creates for an endpoint carries this tag, valued with its name."""
@@ -100,6 +102,8 @@ class DeploySpec:
     download_timeout_s: int | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     bucket: str | None = None
+    update: UpdatePolicy | None = None
+    autoscale: Autoscale | None = None
 
     def check_region(self, region: str) -> None:
         """The image must live in the region the endpoint is made in: SageMaker pulls from there."""
@@ -255,4 +259,15 @@ def combination(spec: DeploySpec, instance_options_given: bool) -> DeploySpec:
             raise AwsOptionError("SageMaker serverless endpoints do not support --data-capture.")
         if spec.async_output is not None:
             raise AwsOptionError("--async needs instances; SageMaker serverless endpoints are real-time only.")
+        if spec.update is not None and spec.update.kind == "rolling":
+            raise AwsOptionError("SageMaker does not do rolling updates of serverless endpoints: use canary or linear.")
+        if spec.autoscale is not None:
+            raise AwsOptionError(
+                "--autoscale scales instances; a serverless endpoint scales by itself up to its max concurrency."
+            )
+    scale = spec.autoscale
+    if scale is not None and not scale.min <= spec.instance_count <= scale.max:
+        raise AwsOptionError(
+            f"--instance-count {spec.instance_count} is outside --autoscale {scale.min}:{scale.max}; start within it."
+        )
     return spec
