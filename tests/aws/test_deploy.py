@@ -170,6 +170,7 @@ def test_a_busy_endpoint_with_another_config_is_refused(cloud: Cloud, model_dir:
     assert result.exit_code == 1
     assert "is Creating" in result.output and "deploy again" in result.output
     assert moto_ext.UPDATES == []
+    assert len(cloud.models()) == len(cloud.configs()) == 1  # nothing made for the refused change
 
 
 def test_model_data_already_in_s3_is_used_as_is(cloud: Cloud, model_dir: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def _reported(command: F) -> F:
         except StartupError as exc:
             raise click.ClickException(str(exc)) from None
         except ModuleNotFoundError as exc:
-            if exc.name in ("boto3", "botocore"):
+            if (exc.name or "").split(".")[0] in ("boto3", "botocore"):
                 raise click.ClickException(INSTALL_HINT) from None
             raise
 

@@ -67,6 +67,7 @@ class Deployer:
             self.scale(target)
             self.sweep(target)
             return
+        refuse_busy(current, target.config_name)
         scaled = None if current is None else self.scaling_in_the_way(current, target)
         self.ensure(target)
         started_ms = int(time.time() * 1000)
@@ -123,14 +124,9 @@ class Deployer:
     def start(self, current: Mapping[str, Any] | None, target: Target, scaled: str | None = None) -> None:
         aws, name = self.aws, self.spec.name
         status = None if current is None else str(current["EndpointStatus"])
-        if current is not None and current["EndpointConfigName"] == target.config_name and status in BUSY:
+        if status in BUSY:  # with this very config: refuse_busy let it through
             aws.echo(f"Endpoint {name} is already {status} with config {target.config_name}: waiting on it.")
             return
-        if status in BUSY:
-            raise AwsConflict(
-                f"Endpoint {name} is {status} (another deploy or an update in progress). Wait until it is "
-                "InService (`sagehost endpoints`), then deploy again."
-            )
         if status == "Failed":
             aws.echo(f"Endpoint {name} is Failed: replacing it.")
             aws.write("sagemaker", "delete_endpoint", EndpointName=name)
@@ -206,6 +202,16 @@ class Deployer:
             self.aws.echo("  then wait until InService, and then:")
             self.scale(target)
             self.sweep(target)
+
+
+def refuse_busy(current: Mapping[str, Any] | None, config_name: str) -> None:
+    """An endpoint mid-change takes no other change; one going to this very config is waited on."""
+    if current is None or current["EndpointStatus"] not in BUSY or current["EndpointConfigName"] == config_name:
+        return
+    raise AwsConflict(
+        f"Endpoint {current['EndpointName']} is {current['EndpointStatus']} (another deploy or an update in "
+        "progress). Wait until it is InService (`sagehost endpoints`), then deploy again."
+    )
 
 
 def refuse_conversion(current: Mapping[str, Any], spec: DeploySpec) -> None:
