@@ -11,6 +11,7 @@ import io
 import re
 import resource
 import struct
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,11 +296,13 @@ def test_the_values_budget_is_64_mib_or_16_bytes_a_body_byte() -> None:
     assert limits.max_values(6 * 1024 * 1024) == 12 * 1024 * 1024
 
 
-def test_only_csv_and_json_may_decode_on_the_event_loop() -> None:
+def test_only_small_csv_and_json_may_decode_on_the_event_loop() -> None:
+    small, big = b"1,2\n" * 10, b"1,2\n" * 3000
     for inline in ("text/csv", "application/json", "Application/JSON; charset=utf-8", "application/jsonlines"):
-        assert codecs.inline(inline), inline
+        assert codecs.inline(small, inline), inline
+        assert not codecs.inline(big, inline), inline
     for offloaded in (LIBSVM, NPY, RECORDIO, "application/octet-stream", None, "text/plain"):
-        assert not codecs.inline(offloaded), offloaded
+        assert not codecs.inline(small, offloaded), offloaded
 
 
 # ---- through the service, with a really trained model -------------------------------------
@@ -331,3 +334,33 @@ def test_the_service_refuses_an_npy_header_that_lies(iris_service: RowService) -
         invoke(iris_service, body, NPY)
     assert info.value.status == 400
     assert "but the body holds 80 bytes" in info.value.message
+
+
+def test_a_slow_libsvm_decode_leaves_the_event_loop_free(iris_service: RowService) -> None:
+    body = b"0 0:5.1 1:3.5 2:1.4 3:0.2\n" * 60_000  # 1.5 MB: hundreds of milliseconds of parsing
+
+    async def invoke_and_watch() -> tuple[float, float]:
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.01)  # the ticker is running before the request starts
+        started = time.perf_counter()
+        answer = await iris_service.invoke(Invocation(body, LIBSVM, "text/csv"))
+        elapsed = time.perf_counter() - started
+        done.set()
+        await ticker
+        assert answer.body.count(b"\n") == 60_000
+        return max(gaps), elapsed
+
+    longest_gap, elapsed = asyncio.run(invoke_and_watch())
+    assert elapsed > 0.1, "too little work to tell"
+    assert longest_gap < elapsed / 3, f"the loop stalled {longest_gap:.3f} s of a {elapsed:.3f} s request"

@@ -19,11 +19,6 @@ from sagehost.models.schema import conform
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, ModelThread, Predictor, Rows, Shape
 
-# Only small CSV and JSON bodies are decoded (and conformed) on the event loop: their cost is
-# linear and at worst about half a microsecond a byte, so at most a few milliseconds here. The
-# rest (bigger bodies; libsvm, RecordIO, .npy, octet-stream, whose work follows what they claim)
-# go to a thread, so /ping keeps answering while a 6 MB CSV parses.
-_INLINE_BYTES = 8 * 1024
 T = TypeVar("T")
 
 
@@ -83,7 +78,7 @@ class RowService:
         spec = self._predictor.spec
         method = invocation.method or self._settings.default_method or spec.default_method
         require_method(method, spec)  # before decoding: a wrong method costs no parsing
-        if len(invocation.body) <= _INLINE_BYTES and codecs.inline(invocation.content_type):
+        if codecs.inline(invocation.body, invocation.content_type):  # small CSV/JSON: cheaper than a thread hop
             rows, shape = self.prepare(invocation)
         else:
             rows, shape = await asyncio.to_thread(self.prepare, invocation)
