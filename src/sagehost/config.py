@@ -168,18 +168,11 @@ class Settings:
         if unknown := sorted(given.keys() - _BY_FIELD.keys()):
             raise TypeError(f"no such setting: {', '.join(unknown)}")
         own = defaults or {}
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(own)
         for source in SOURCES:
-            if source.field in given:
-                values[source.field] = source.read(source.flag_name, given[source.field])
-                continue
-            names = [n for n in source.env if n.startswith("SAGEHOST_")] if source.field in own else source.env
-            for name in names:
-                raw = env.get(name, "").strip()
-                if raw:
-                    values[source.field] = source.read(name, raw)
-                    break
-        values = {**own, **values}
+            found = _text_of(source, given, env, source.field in own)
+            if found is not None:
+                values[source.field] = source.read(*found)
         base_dir = Path(values.get("base_dir", contract.BASE_DIR))
         values.setdefault("model_dir", base_dir / contract.MODEL_SUBDIR)
         values.setdefault("workers", os.cpu_count() or 1)
@@ -187,6 +180,20 @@ class Settings:
         if platform_port:
             values["port"] = _BIND_TO_PORT.read("SAGEMAKER_BIND_TO_PORT", platform_port)
         return cls(**values)
+
+
+def _text_of(
+    source: Source, flags: Mapping[str, str], env: Mapping[str, str], command_default: bool
+) -> tuple[str, str] | None:
+    """Where a setting is given and its text: the flag, else the first of its variables set.
+    Beside a command's own default only our `SAGEHOST_*` twin counts (see the module's doc)."""
+    if source.field in flags:
+        return source.flag_name, flags[source.field]
+    for name in source.env:
+        raw = env.get(name, "").strip()
+        if raw and (name.startswith("SAGEHOST_") or not command_default):
+            return name, raw
+    return None
 
 
 class _Invalid(ValueError):
