@@ -20,7 +20,7 @@ def test_attach_adds_every_aws_command_to_a_group() -> None:
 
     attach(main)
 
-    assert set(main.commands) == {"deploy", "endpoints", "delete"} == {c.name for c in COMMANDS}
+    assert set(main.commands) == {"deploy", "endpoints", "delete", "logs"} == {c.name for c in COMMANDS}
     assert "--rollback-alarm" in CliRunner().invoke(main, ["deploy", "--help"]).output
 
 

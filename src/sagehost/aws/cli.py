@@ -1,4 +1,4 @@
-"""The AWS commands: `deploy`, `endpoints`, `delete`. Attach them to the main group with
+"""The AWS commands: `deploy`, `endpoints`, `delete`, `logs`. Attach them to the main group with
 `attach(main)`; `python -m sagehost.aws` runs them alone.
 
 Importing this module needs click only: boto3 is imported when a command runs, so `sagehost`
@@ -203,7 +203,27 @@ def delete(
         click.echo(f"Deleted {len(lines)} resources.")
 
 
-COMMANDS = (deploy, endpoints, delete)
+@aws.command()
+@click.argument("name")
+@click.option("--since", default="10m", show_default=True, help="How far back: 30s, 10m, 2h, 1d.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@_aws_options
+@_reported
+def logs(name: str, since: str, follow: bool, region: str | None, profile: str | None) -> None:
+    """The container's log lines of endpoint NAME (CloudWatch /aws/sagemaker/Endpoints/NAME)."""
+    import time
+
+    from sagehost.aws import logs as endpoint_logs
+    from sagehost.aws.spec import endpoint_name
+
+    start_ms = endpoint_logs.since_ms(since, time.time())
+    aws = _connect(region, profile)
+    shown = endpoint_logs.show(aws, endpoint_name(name), start_ms, follow=follow, echo=click.echo)
+    if not shown and not follow:
+        click.echo(f"No log lines for {name} in the last {since} (/aws/sagemaker/Endpoints/{name}).", err=True)
+
+
+COMMANDS = (deploy, endpoints, delete, logs)
 
 
 def attach(group: click.Group) -> None:
