@@ -67,7 +67,11 @@ def aws() -> None:
 @click.argument("name")
 @click.option("--image", required=True, help="ECR image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG).")
 @click.option("--role", required=True, help="The execution role's ARN (trusts sagemaker.amazonaws.com).")
-@click.option("--model-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), help="Packaged, uploaded.")
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="Packaged as `sagehost package` does, uploaded once.",
+)
 @click.option("--model-data", metavar="S3_URI", help="An uploaded model.tar.gz, instead of --model-dir.")
 @click.option("--bucket", help="For --model-dir's archive [sagemaker-REGION-ACCOUNT, made if missing].")
 @click.option("--flavor", type=click.Choice(FLAVORS), help="For --model-dir: which model to serve, when several.")
@@ -89,7 +93,11 @@ def aws() -> None:
 @click.option(
     "--bake-minutes", type=click.IntRange(0, 60), help="Watch the alarms this long before the old fleet goes."
 )
-@click.option("--autoscale", metavar="MIN:MAX[:TARGET]", help="Instances; TARGET: invocations/instance/minute.")
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX[:TARGET]",
+    help="Instances. TARGET: invocations/instance/minute [1000]; async: backlog/instance [5].",
+)
 @click.option("--tag", "tag_pairs", multiple=True, metavar="KEY=VALUE", help="On everything made; repeatable.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Until InService, with progress and logs.")
 @click.option("--dry-run", is_flag=True, help="Print the calls that would change something; make none.")
