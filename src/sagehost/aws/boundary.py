@@ -123,9 +123,11 @@ def client_error(exc: Any, service: str, operation: str) -> AwsError:
     message = _message(error.get("Message") or error.get("message") or "")
     action = iam_action(service, operation)
     if code in _ACCESS:
+        # CreateModel hands the execution role to SageMaker: the caller needs iam:PassRole on it too.
+        also = " and iam:PassRole on the execution role" if action == "sagemaker:CreateModel" else ""
         return AwsPermissionDenied(
-            f"Permission denied: {action} was refused{_detail(message)}. Grant {action} to the identity "
-            f"sagehost runs as (and iam:PassRole on the execution role for sagemaker:Create*); {IAM_POLICY_HINT}."
+            f"Permission denied: {action} was refused{_detail(message)}. Grant {action}{also} to the identity "
+            f"sagehost runs as; {IAM_POLICY_HINT}."
         )
     if code in _CREDENTIALS:
         return AwsCredentialsError(
