@@ -15,6 +15,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -336,11 +337,23 @@ def test_the_service_refuses_an_npy_header_that_lies(iris_service: RowService) -
     assert "but the body holds 80 bytes" in info.value.message
 
 
-def test_a_slow_libsvm_decode_leaves_the_event_loop_free(iris_service: RowService) -> None:
-    # 2,000 rows whose indices repeat (the last value wins): hundreds of milliseconds of parsing,
-    # and an answer small enough that encoding it (on the loop) takes no time.
-    body = (b"0" + b" 0:5.1 1:3.5 2:1.4 3:0.2" * 50 + b"\n") * 2_000
+def npy_of(array: np.ndarray[Any, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
+
+# 2,000 libsvm rows whose indices repeat (the last value wins): hundreds of milliseconds of
+# parsing, and an answer small enough to encode in no time.
+SLOW_TO_DECODE = Invocation((b"0" + b" 0:5.1 1:3.5 2:1.4 3:0.2" * 50 + b"\n") * 2_000, LIBSVM, "text/csv")
+# 200,000 rows that decode at once, whose CSV answer of probabilities takes hundreds of milliseconds.
+SLOW_TO_ENCODE = Invocation(npy_of(np.tile([5.1, 3.5, 1.4, 0.2], (200_000, 1))), NPY, "text/csv", "predict_proba")
+
+
+@pytest.mark.parametrize(("invocation", "rows"), [(SLOW_TO_DECODE, 2_000), (SLOW_TO_ENCODE, 200_000)])
+def test_slow_decoding_and_encoding_leave_the_event_loop_free(
+    iris_service: RowService, invocation: Invocation, rows: int
+) -> None:
     async def invoke_and_watch() -> tuple[float, float]:
         gaps: list[float] = []
         done = asyncio.Event()
@@ -356,11 +369,11 @@ def test_a_slow_libsvm_decode_leaves_the_event_loop_free(iris_service: RowServic
         ticker = asyncio.create_task(tick())
         await asyncio.sleep(0.01)  # the ticker is running before the request starts
         started = time.perf_counter()
-        answer = await iris_service.invoke(Invocation(body, LIBSVM, "text/csv"))
+        answer = await iris_service.invoke(invocation)
         elapsed = time.perf_counter() - started
         done.set()
         await ticker
-        assert answer.body.count(b"\n") == 2_000
+        assert answer.body.count(b"\n") == rows
         return max(gaps), elapsed
 
     longest_gap, elapsed = asyncio.run(invoke_and_watch())

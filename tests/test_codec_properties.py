@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sagehost.codecs import decode, limits
+from sagehost.codecs import decode, encode, limits
 from sagehost.errors import EmptyPayload, InvalidPayload, SagehostError, UnsupportedMediaType
 from sagehost.models.schema import conform
 from sagehost.predictor import ColumnKind, ModelSpec, Table
@@ -343,3 +343,20 @@ def test_recordio_with_huge_keys_cut_or_corrupted_decodes_within_the_budget_or_g
     if table is not None:
         assert values_in(table) <= limits.max_values(len(body))
         conformed(table, width)
+
+
+# ---- answers ---------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    array=hnp.arrays(
+        hnp.scalar_dtypes().filter(lambda d: d.kind in "biuf"),
+        hnp.array_shapes(min_dims=1, max_dims=2, max_side=40),
+    )
+)
+def test_numeric_csv_answers_are_the_text_of_each_value_one_row_a_line(array: np.ndarray[Any, Any]) -> None:
+    out = io.StringIO()
+    rows = array.tolist()
+    csv.writer(out, lineterminator="\n").writerows(row if array.ndim == 2 else [row] for row in rows)
+    assert encode(array, "text/csv") == out.getvalue().encode()
