@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from sagehost import contract
+from sagehost.aws.cli import _aws_options, _reported
 from sagehost.config import BY_FLAG, Settings, Source, thread_limits
 from sagehost.errors import ConfigError
 from sagehost.image.engine import ENGINES
@@ -226,24 +227,25 @@ def build(model_dir: Path | None, tag: str, target_platform: str, dockerfile_onl
 
 
 @main.command()
-@click.argument("payload", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="A running server.")
+@click.argument("target", metavar="NAME [FILE|-]")
+@click.argument("payload", required=False, metavar="")
+@click.option("--url", help="A running server (serve, local serve) instead of an endpoint: --url URL FILE.")
 @click.option("--content-type", "-t", default="text/csv", show_default=True)
 @click.option("--accept", "-a", help="Answer type (default: the server's).")
 @click.option("--custom-attributes", help="X-Amzn-SageMaker-Custom-Attributes, e.g. method=predict_proba.")
-def invoke(payload: Path, url: str, content_type: str, accept: str | None, custom_attributes: str | None) -> None:
-    """POST a payload file to /invocations and print the answer (errors on stderr, exit 1)."""
-    from sagehost.invoke import invoke as send
+@click.option("--target-model", help="On a multi-model endpoint: which model (its path under the model prefix).")
+@click.option("--async", "asynchronous", is_flag=True, help="Through S3 and InvokeEndpointAsync; print the answer.")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), metavar="S", help="--async: seconds to wait [900; 0: no].")
+@click.option("--bucket", help="--async: for the payload [sagemaker-REGION-ACCOUNT, made if missing].")
+@_aws_options
+@_reported
+def invoke(**params: Any) -> None:
+    """Send FILE (or stdin) to endpoint NAME, or with --url to a running server; print the answer.
 
-    try:
-        answer = send(url, payload, content_type, accept=accept, custom_attributes=custom_attributes)
-    except OSError as exc:
-        raise click.ClickException(f"{url} is not reachable: {exc}") from None
-    text = answer.body.decode("utf-8", errors="replace")
-    if not answer.ok:
-        click.echo(f"HTTP {answer.status}: {text}", err=True)
-        sys.exit(1)
-    click.echo(text if text.endswith("\n") else text + "\n", nl=False)
+    A model's error shows its status and message on stderr (exit 1)."""
+    from sagehost.invoke import Command, run
+
+    run(Command(**params))
 
 
 @main.command()
