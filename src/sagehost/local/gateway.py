@@ -7,22 +7,32 @@ endpoint would. It answers `POST /invocations` and the runtime API's own path,
 `POST /endpoints/<name>/invocations`, so boto3 pointed at it (`endpoint_url=`) works unchanged.
 https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html
 
+With an `AsyncConfig` it also answers InvokeEndpointAsync, `POST /endpoints/<name>/async-invocations`,
+as an async endpoint does: 202 at once with the output and failure locations and the inference id,
+then, off the request, the input read from S3, the container invoked, and its answer written to
+the output location (or what went wrong to the failure location). S3 is reached through the
+callables the config carries (sagehost.aws's, so boto3 stays there).
+https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointAsync.html
+
 It is an ASGI app, served by sagehost's own HTTP server (`serve_gateway`); it forwards over a
 bounded httpx pool (sagehost.http.outbound), reading at most the payload limit of any answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from sagehost import contract
 from sagehost.errors import PayloadTooLarge, StartupError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.limits import Limits as HttpLimits
 from sagehost.http.outbound import async_client, send_async
@@ -34,7 +44,20 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _INVOKE_PATH = re.compile(r"^/(?:endpoints/[^/]+/)?invocations$")
-_PASSED_UP = ("content-type", "accept", "x-amzn-sagemaker-custom-attributes", "x-amzn-sagemaker-inference-id")
+_ASYNC_PATH = re.compile(r"^/endpoints/(?P<name>[^/]+)/async-invocations$")
+_PASSED_UP = (
+    "content-type",
+    "accept",
+    "x-amzn-sagemaker-custom-attributes",
+    "x-amzn-sagemaker-inference-id",
+    "x-amzn-sagemaker-target-model",
+)
+# InvokeEndpointAsync's limits: input up to 1 GB, processing up to 1 hour (900 s unless asked).
+ASYNC_PAYLOAD_BYTES = 1_000_000_000
+ASYNC_TIMEOUT_S = 900
+_ASYNC_MAX_TIMEOUT_S = 3600
+_ASYNC_INLINE_BYTES = 128_000  # InvokeEndpointAsync's own Body, instead of an InputLocation
+_ASYNC_AT_ONCE = 4  # invocations read and run at once; more wait their turn, as on an instance
 _CONTAINER = "primary"  # the name SageMaker gives a single-container endpoint's container
 # GET paths SageMaker calls, with its timeouts: /ping's 2 s; Batch Transform's /execution-parameters.
 _PLATFORM_GETS = {"/ping": 2.0, "/execution-parameters": 10.0}
@@ -51,22 +74,56 @@ class _Reply:
     body: bytes
 
 
+@dataclass(frozen=True)
+class AsyncConfig:
+    """An async endpoint's S3 side: where answers go (AsyncInferenceConfig's S3OutputPath and
+    S3FailurePath; without the latter, failures go beside the answers), and how S3 is reached.
+    `read(uri, limit)` returns an object's bytes and `write(uri, body, content_type)` stores one;
+    both block (they run in a thread) and raise StartupError when S3 refuses."""
+
+    output: str
+    failure: str | None
+    read: Callable[[str, int], bytes]
+    write: Callable[[str, bytes, str], None]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One queued async invocation."""
+
+    inference_id: str
+    source: str | bytes  # the input's S3 URI, or the request's own body
+    headers: dict[str, str]  # for the container
+    timeout_s: float
+    output: str
+    failure: str
+
+
 class Gateway:
     """The runtime stand-in as an ASGI app, in front of the container at `container_url`.
 
     Its pool to the container opens at the ASGI lifespan's startup (or `async with`) and closes
     at shutdown."""
 
-    def __init__(self, limits: Limits, container_url: str) -> None:
+    def __init__(self, limits: Limits, container_url: str, async_config: AsyncConfig | None = None) -> None:
         self.limits = limits
         self.container_url = container_url.rstrip("/")
+        self.async_config = async_config
         self._client: httpx.AsyncClient | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(_ASYNC_AT_ONCE)
 
     async def __aenter__(self) -> Gateway:
         self._client = async_client(_POOL)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._jobs:  # queued async invocations finish first, within the stop grace
+            _, unfinished = await asyncio.wait(set(self._jobs), timeout=contract.SHUTDOWN_GRACE_S)
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                _log(f"{len(unfinished)} async invocations were cut off by the stop; none of their answers is written.")
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -108,12 +165,24 @@ class Gateway:
             query = scope.get("query_string", b"").decode("latin-1")
             target = "/invocations" + (f"?{query}" if query else "")
             return await self._relay("POST", target, body, headers, self.limits.timeout_s)
-        if path in _PLATFORM_GETS or _INVOKE_PATH.match(path):
+        if method == "POST" and (found := _ASYNC_PATH.match(path)):
+            inline = await _body(scope, receive, _ASYNC_INLINE_BYTES)
+            if inline is None:
+                return _validation(f"An inline Body is at most {_ASYNC_INLINE_BYTES} bytes: upload it to S3 instead.")
+            return self._enqueue(found["name"], _all_headers(scope), inline)
+        if path in _PLATFORM_GETS or _INVOKE_PATH.match(path) or _ASYNC_PATH.match(path):
             return _json(405, {"message": f"{method} {path} is not answered: use POST /invocations."})
         return _json(404, {"message": f"No route {path}: use POST /invocations."})
 
     async def _relay(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: float,
+        *,
+        max_body: int | None = None,
     ) -> _Reply:
         if self._client is None:
             raise RuntimeError("The gateway's pool is closed: serve it with its lifespan, or `async with` it.")
@@ -126,7 +195,7 @@ class Gateway:
                 body=body,
                 headers=headers,
                 timeout=timeout,
-                max_body=self.limits.payload_bytes,
+                max_body=self.limits.payload_bytes if max_body is None else max_body,
             )
         except UpstreamTimeout as exc:
             return _model_error(0, _TIMED_OUT if invocation else exc.message)
@@ -140,6 +209,68 @@ class Gateway:
             if name.lower() == b"content-type" or name.lower().startswith(b"x-amzn-")
         ]
         return _Reply(answer.status, [*passed, (b"x-Amzn-Invoked-Production-Variant", b"AllTraffic")], answer.body)
+
+    # ---- InvokeEndpointAsync -------------------------------------------------------------
+
+    def _enqueue(self, name: str, headers: dict[str, str], inline: bytes) -> _Reply:
+        """202 with where the answer will be, as the runtime answers; the work goes on after it."""
+        config = self.async_config
+        if config is None:
+            return _validation(
+                f"Endpoint {name} is not an asynchronous endpoint: start `sagehost local serve` with "
+                "--async-output s3://BUCKET/PREFIX to answer InvokeEndpointAsync."
+            )
+        location = headers.get("x-amzn-sagemaker-inputlocation", "")
+        if bool(location) == bool(inline):
+            return _validation("Give exactly one of InputLocation (s3://BUCKET/KEY) and an inline Body.")
+        if location and not location.startswith("s3://"):
+            return _validation(f"InputLocation {location!r} is not an s3:// URI (the only kind read here).")
+        timeout = _async_timeout(headers.get("x-amzn-sagemaker-invocationtimeoutseconds"))
+        if timeout is None:
+            return _validation(f"InvocationTimeoutSeconds must be whole seconds, 1 to {_ASYNC_MAX_TIMEOUT_S}.")
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
+        extension = headers.get("x-amzn-sagemaker-s3outputpathextension", "")
+        filename = headers.get("x-amzn-sagemaker-filename") or f"{inference_id}.out"
+        job = _Job(
+            inference_id=inference_id,
+            source=location or inline,
+            headers=_container_headers(headers, inference_id),
+            timeout_s=timeout,
+            output=_join(config.output, extension, filename),
+            failure=_join(config.failure or config.output, extension, f"{inference_id}-error.out"),
+        )
+        task = asyncio.create_task(self._run(config, job))
+        self._jobs.add(task)
+        task.add_done_callback(self._finished)
+        where = [
+            (b"X-Amzn-SageMaker-OutputLocation", job.output.encode()),
+            (b"X-Amzn-SageMaker-FailureLocation", job.failure.encode()),
+        ]
+        return _json(202, {"InferenceId": inference_id}, *where)
+
+    async def _run(self, config: AsyncConfig, job: _Job) -> None:
+        async with self._slots:
+            body, location = (job.source, None) if isinstance(job.source, bytes) else (b"", job.source)
+            if location is not None:
+                try:
+                    body = await asyncio.to_thread(config.read, location, ASYNC_PAYLOAD_BYTES)
+                except StartupError as exc:
+                    failed = f"Could not read the input {location}: {exc}"
+                    await _store(config, job, job.failure, failed.encode(), "text/plain")
+                    return
+            invocation = ("POST", "/invocations", body, job.headers, job.timeout_s)
+            reply = await self._relay(*invocation, max_body=ASYNC_PAYLOAD_BYTES)
+        if 200 <= reply.status < 300:
+            kinds = [value for name, value in reply.headers if name.lower() == b"content-type"]
+            kind = kinds[0].decode("latin-1") if kinds else "application/octet-stream"
+            await _store(config, job, job.output, reply.body, kind)
+        else:
+            await _store(config, job, job.failure, _failure_text(reply).encode(), "text/plain")
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._jobs.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:  # a bug of ours: said, not lost
+            _log(f"an async invocation failed unexpectedly: {type(error).__name__}: {error}")
 
 
 def too_large(limit: int) -> PayloadTooLarge:
@@ -192,11 +323,66 @@ async def _body(scope: Message, receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+async def _store(config: AsyncConfig, job: _Job, uri: str, body: bytes, content_type: str) -> None:
+    what = "answer" if uri == job.output else "failure"
+    try:
+        await asyncio.to_thread(config.write, uri, body, content_type)
+    except StartupError as exc:  # SageMaker counts these as ResponseUploadFailures
+        _log(f"async {job.inference_id}: could not write its {what} to {uri}: {exc}")
+        return
+    _log(f"async {job.inference_id}: {what} written to {uri}")
+
+
+def _failure_text(reply: _Reply) -> str:
+    """What a failed async invocation leaves at its failure location: the ModelError's message
+    (the container's status and words), as the runtime words it."""
+    try:
+        return str(json.loads(reply.body)["Message"])
+    except (ValueError, KeyError, TypeError):
+        return f"The container answered HTTP {reply.status}."
+
+
+def _all_headers(scope: Message) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _container_headers(headers: dict[str, str], inference_id: str) -> dict[str, str]:
+    """What the container sees of an async request: the runtime's own header names, mapped."""
+    passed = {
+        "content-type": headers.get("x-amzn-sagemaker-content-type"),
+        "accept": headers.get("x-amzn-sagemaker-accept"),
+        contract.CUSTOM_ATTRIBUTES_HEADER: headers.get(contract.CUSTOM_ATTRIBUTES_HEADER),
+        contract.INFERENCE_ID_HEADER: inference_id,
+    }
+    return {name: value for name, value in passed.items() if value}
+
+
+def _async_timeout(text: str | None) -> float | None:
+    if text is None:
+        return ASYNC_TIMEOUT_S
+    if not text.isdigit() or not 1 <= int(text) <= _ASYNC_MAX_TIMEOUT_S:
+        return None
+    return float(text)
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p.strip("/"))])
+
+
+def _log(line: str) -> None:
+    print(f"[local] {line}", file=sys.stderr, flush=True)
+
+
+def _validation(message: str) -> _Reply:
+    """The runtime's ValidationError (HTTP 400), as boto3 reads it."""
+    return _json(400, {"message": message}, (b"x-amzn-ErrorType", b"ValidationError:"))
+
+
 def _model_error(status: int, message: str) -> _Reply:
     """InvokeEndpoint's ModelError, as boto3 receives it."""
     kind = "client" if 400 <= status < 500 else "server"
     text = f'Received {kind} error ({status}) from {_CONTAINER} with message "{message}". See the container log.'
-    print(f"[local] ModelError: {text}", file=sys.stderr, flush=True)
+    _log(f"ModelError: {text}")
     error = {
         "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
         "Message": text,

@@ -22,7 +22,7 @@ from pathlib import Path
 from sagehost.config import Settings
 from sagehost.errors import StartupError
 from sagehost.image.engine import find_engine
-from sagehost.local.gateway import Gateway, gateway_server, listen
+from sagehost.local.gateway import AsyncConfig, Gateway, gateway_server, listen
 from sagehost.local.launch import (
     HealthCheckFailed,
     Launched,
@@ -50,6 +50,8 @@ class ServeRequest:
     max_payload_mb: int = 6
     batch_strategy: str = "MULTI_RECORD"
     invocation_timeout_s: float | None = None
+    async_output: str | None = None  # s3://…: also answer InvokeEndpointAsync, writing answers here
+    async_failure: str | None = None
 
 
 def local_serve(request: ServeRequest, say: Say) -> int:
@@ -59,6 +61,7 @@ def local_serve(request: ServeRequest, say: Say) -> int:
         batch_strategy=request.batch_strategy,
         timeout_s=request.invocation_timeout_s,
     )
+    async_config = _async_config(request)
     # The gateway's socket is bound first: a taken port fails before anything starts.
     with listen(request.port) as sock, model_folder(request.model_data, say) as model_dir:
         launched = _launch(request, run, model_dir)
@@ -68,7 +71,15 @@ def local_serve(request: ServeRequest, say: Say) -> int:
                 f"Ready in {ready_in:.1f} s ({request.mode}). Invoke it: sagehost invoke --url "
                 f"http://127.0.0.1:{sock.getsockname()[1]} FILE --content-type text/csv   (Ctrl-C stops it)"
             )
-            exited_alone = asyncio.run(_serve_until_stopped(Gateway(run.limits, launched.url), sock, launched, say))
+            if async_config is not None:
+                failures = async_config.failure or async_config.output
+                say(
+                    f"InvokeEndpointAsync too: answers go to {async_config.output}, failures to {failures}. "
+                    f"Try: AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:{sock.getsockname()[1]} "
+                    "sagehost invoke NAME FILE --async"
+                )
+            gateway = Gateway(run.limits, launched.url, async_config)
+            exited_alone = asyncio.run(_serve_until_stopped(gateway, sock, launched, say))
         except HealthCheckFailed as exc:
             launched.stop()  # first, so the log's last lines include how it ended
             say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
@@ -80,6 +91,27 @@ def local_serve(request: ServeRequest, say: Say) -> int:
         return 1
     say(f"Stopped after SIGTERM in {seconds:.1f} s, exit code {code}.")
     return 0 if seconds < 30 else 1
+
+
+def _async_config(request: ServeRequest) -> AsyncConfig | None:
+    """S3 through sagehost.aws (boto3's usual chain: AWS_PROFILE, AWS_DEFAULT_REGION,
+    AWS_ENDPOINT_URL), checked before anything starts."""
+    if request.async_output is None:
+        if request.async_failure is not None:
+            raise StartupError("--async-failure goes with --async-output s3://…")
+        return None
+    try:
+        from sagehost.aws.invoke import S3Objects
+        from sagehost.aws.session import Aws
+        from sagehost.aws.spec import s3_uri
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("boto3", "botocore"):
+            raise StartupError("--async-output reads and writes S3 with boto3: pip install 'sagehost[aws]'") from None
+        raise
+    output = str(s3_uri(request.async_output, "--async-output"))
+    failure = None if request.async_failure is None else str(s3_uri(request.async_failure, "--async-failure"))
+    objects = S3Objects(Aws.connect())
+    return AsyncConfig(output, failure, objects.read, objects.write)
 
 
 def _launch(request: ServeRequest, run: Run, model_dir: Path | None) -> Launched:
