@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
+from sagehost.aws.gateway import gateway_command
+from sagehost.aws.transform import transform_command
 from sagehost.config import FLAVORS
 from sagehost.errors import ConfigError, StartupError
 
@@ -231,7 +233,11 @@ def logs(name: str, since: str, follow: bool, region: str | None, profile: str |
         click.echo(f"No log lines for {name} in the last {since} (/aws/sagemaker/Endpoints/{name}).", err=True)
 
 
-COMMANDS = (deploy, endpoints, delete, logs)
+# transform and gateway: their options and code live in their modules (click only at import).
+transform = aws.command("transform")(_aws_options(_reported(transform_command)))
+gateway = aws.command("gateway")(_aws_options(_reported(gateway_command)))
+
+COMMANDS = (deploy, endpoints, delete, logs, transform, gateway)
 
 
 def attach(group: click.Group) -> None:
