@@ -4,6 +4,7 @@ and fail alike, with a usage error (exit 2) and never a traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,6 +79,25 @@ def test_every_bad_flag_is_a_usage_error_naming_it(command: str, flag: str, bad:
 def test_every_bad_variable_is_a_usage_error_naming_it(command: str, name: str, bad: str) -> None:
     output = refused([command], {name: bad})
     assert f"Error: {name}={bad!r}: " in output
+
+
+def test_a_port_in_use_is_one_clear_line_not_a_traceback(iris_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SAGEHOST_", "SM_"))}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [SAGEHOST, "serve", "--model-dir", str(iris_dir), "--host", "127.0.0.1", "--port", str(port)],
+            check=False,
+            env={**env, "SAGEHOST_SCRATCH_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"Cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("workers", ["0", "abc"])

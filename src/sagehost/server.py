@@ -27,7 +27,7 @@ from sagehost import codecs, supervisor
 from sagehost.app import App, ServiceFactory
 from sagehost.batching import MicroBatcher
 from sagehost.config import Settings
-from sagehost.errors import ModelLoadError, SagehostError, StartupError
+from sagehost.errors import ConfigError, ModelLoadError, SagehostError, StartupError
 from sagehost.http.limits import Limits
 from sagehost.http.loading import LoadingResponder
 from sagehost.http.server import ConnectionType, serve_app
@@ -45,7 +45,11 @@ INPUT_EXAMPLE = "input_example.json"
 
 def serve(settings: Settings) -> int:
     """Run the server until SIGTERM; the exit code for the process."""
-    sock = bind(settings.host, settings.port)
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:  # a port in use, an address not on this machine
+        report_startup_failure(ConfigError(f"Cannot listen on {settings.host}:{settings.port} ({exc.strerror})."))
+        return 1
     log.info("Listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     preloaded: Loaded | None = None
     try:
