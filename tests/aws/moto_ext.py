@@ -11,6 +11,10 @@
   as SageMaker does ("Cannot create already existing ..."); moto overwrites silently.
 - `refuse(monkeypatch, "create_model", code, message)`: the next calls of one operation answer an
   AWS error (AccessDenied, ResourceLimitExceeded, ...) that moto cannot produce by itself.
+- Batch Transform: `script_transform(MODEL, Step("InProgress", logs=...), Step("Failed", reason=...))`
+  makes the next CreateTransformJob on MODEL play those statuses on successive
+  DescribeTransformJob calls, its log lines written to /aws/sagemaker/TransformJobs under the job's
+  streams (moto's jobs are Completed at once and never fail).
 
 It is installed in the test process around moto's ThreadedMotoServer, never in sagehost's code.
 """
@@ -29,7 +33,7 @@ from moto.core.exceptions import JsonRESTError
 from moto.core.responses import ActionResult
 from moto.logs.models import logs_backends
 from moto.sagemaker.exceptions import ValidationError
-from moto.sagemaker.models import FakeEndpoint, SageMakerModelBackend
+from moto.sagemaker.models import FakeEndpoint, FakeTransformJob, SageMakerModelBackend
 from moto.sagemaker.responses import SageMakerResponse
 from moto.sagemaker.utils import arn_formatter
 
@@ -60,6 +64,7 @@ def reset() -> None:
     PENDING.clear()
     RUNNING.clear()
     UPDATES.clear()
+    _reset_transforms()
 
 
 def _start(name: str, default: list[Step]) -> None:
@@ -172,6 +177,7 @@ def installed() -> Iterator[None]:
         for name, method in _patched_backend(original).items():
             patch.setattr(SageMakerModelBackend, name, method, raising=name != "update_endpoint")
         patch.setattr(SageMakerResponse, "update_endpoint", _update_endpoint_response, raising=False)
+        _install_transforms(patch)
         yield
 
 
@@ -182,3 +188,67 @@ def refuse(monkeypatch: pytest.MonkeyPatch, operation: str, code: str, message: 
         raise JsonRESTError(code, message)  # answered as is, whether SageMaker's model names the code or not
 
     monkeypatch.setattr(SageMakerResponse, operation, refused)
+
+
+# ---- Batch Transform: scripted statuses, a FailureReason and log lines -------------------------
+
+TRANSFORM_PENDING: dict[str, list[Step]] = {}
+"""Scripts waiting for the next CreateTransformJob on a model name."""
+TRANSFORM_RUNNING: dict[str, deque[Step]] = {}
+"""Scripts being played, by job name, one step per DescribeTransformJob."""
+TRANSFORM_LOG_GROUP = "/aws/sagemaker/TransformJobs"
+
+
+def script_transform(model_name: str, *steps: Step) -> None:
+    TRANSFORM_PENDING[model_name] = list(steps)
+
+
+def _reset_transforms() -> None:
+    TRANSFORM_PENDING.clear()
+    TRANSFORM_RUNNING.clear()
+
+
+def _advance_transform(job: FakeTransformJob) -> None:
+    steps = TRANSFORM_RUNNING.get(job.transform_job_name)
+    if not steps:
+        return
+    last = len(steps) == 1
+    step = steps[0] if last else steps.popleft()
+    if step.logs:
+        _write_transform_logs(job, step.logs)
+        if last:
+            steps[0] = Step(step.status, step.reason)  # written once
+    job.transform_job_status = step.status
+    job.failure_reason = step.reason or ""
+
+
+def _write_transform_logs(job: FakeTransformJob, lines: tuple[str, ...]) -> None:
+    """The job's lines, in the stream SageMaker names JOB/INSTANCE-EPOCH."""
+    account, region = job.arn.split(":")[4], job.arn.split(":")[3]
+    backend = logs_backends[account][region]
+    stream = f"{job.transform_job_name}/i-0123456789abcdef0-1700000000"
+    backend.ensure_log_group(TRANSFORM_LOG_GROUP)
+    backend.ensure_log_stream(TRANSFORM_LOG_GROUP, stream)
+    now = int(time.time() * 1000)
+    backend.put_log_events(TRANSFORM_LOG_GROUP, stream, [{"timestamp": now, "message": line} for line in lines])
+
+
+def _install_transforms(patch: pytest.MonkeyPatch) -> None:
+    create, describe = SageMakerModelBackend.create_transform_job, SageMakerModelBackend.describe_transform_job
+
+    def create_transform_job(
+        self: SageMakerModelBackend, transform_job_name: str, model_name: str, *a: Any, **kw: Any
+    ) -> Any:
+        job = create(self, transform_job_name, model_name, *a, **kw)
+        if model_name in TRANSFORM_PENDING:
+            TRANSFORM_RUNNING[transform_job_name] = deque(TRANSFORM_PENDING.pop(model_name))
+            _advance_transform(job)
+        return job
+
+    def describe_transform_job(self: SageMakerModelBackend, transform_job_name: str) -> Any:
+        if transform_job_name in self.transform_jobs:
+            _advance_transform(self.transform_jobs[transform_job_name])
+        return describe(self, transform_job_name)
+
+    patch.setattr(SageMakerModelBackend, "create_transform_job", create_transform_job)
+    patch.setattr(SageMakerModelBackend, "describe_transform_job", describe_transform_job)
