@@ -24,7 +24,7 @@ from sagehost import codecs
 from sagehost.codecs import decode, limits
 from sagehost.config import Settings
 from sagehost.errors import InvalidPayload, SagehostError, SchemaMismatch
-from sagehost.models.schema import conform
+from sagehost.models.schema import conform, conform_chunks
 from sagehost.predictor import ModelSpec
 from sagehost.server import build_service, load_and_warm
 from sagehost.service import Invocation, RowService
@@ -306,6 +306,21 @@ def test_only_small_csv_and_json_may_decode_on_the_event_loop() -> None:
         assert not codecs.inline(small, offloaded), offloaded
 
 
+def test_a_big_csv_costs_a_numeric_model_its_floats_not_an_object_per_cell() -> None:
+    # Decoded whole, one value per row costs a list and a string a row: 100 bytes a body byte.
+    spec = ModelSpec(methods=frozenset({"predict"}), n_features=1)
+    body = b"0\n" * 250_000
+    tracemalloc.start()
+    try:
+        rows = conform_chunks(codecs.csv_chunks(body, width=1), spec)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.shape(rows.values) == (250_000, 1)
+    # the text (1 byte a byte), the floats and their concatenation (8), one chunk's objects
+    assert peak < 10 * len(body) + 8 * 1024 * 1024, f"{peak:,} bytes for a {len(body):,}-byte body"
+
+
 # ---- through the service, with a really trained model -------------------------------------
 
 
@@ -379,3 +394,15 @@ def test_slow_decoding_and_encoding_leave_the_event_loop_free(
     longest_gap, elapsed = asyncio.run(invoke_and_watch())
     assert elapsed > 0.1, "too little work to tell"
     assert longest_gap < elapsed / 3, f"the loop stalled {longest_gap:.3f} s of a {elapsed:.3f} s request"
+
+
+def test_a_big_csv_with_a_header_maps_its_columns_in_every_chunk(iris_service: RowService) -> None:
+    header = b"petal_width,petal_length,sepal_width,sepal_length\n"
+    rows = [b"0.2,1.4,3.5,5.1\n", b"2.3,5.2,3.0,6.7\n"]  # a setosa and a virginica, columns reordered
+    body = header + b"".join(rows) * 20_000  # 640 KB: ten chunks
+    assert len(body) > 8 * codecs.CHUNK_CHARS
+    answer = invoke(iris_service, body, CSV).decode().splitlines()
+    one_each = invoke(iris_service, header + b"".join(rows), CSV).decode().splitlines()
+    assert len(answer) == 40_000
+    assert answer == one_each * 20_000
+    assert one_each[0] != one_each[1]

@@ -17,7 +17,7 @@ import csv
 import io
 import struct
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sagehost.codecs import decode, encode, limits
+from sagehost.codecs import csv_chunks, decode, encode, limits
 from sagehost.errors import EmptyPayload, InvalidPayload, SagehostError, UnsupportedMediaType
-from sagehost.models.schema import conform
-from sagehost.predictor import ColumnKind, ModelSpec, Table
+from sagehost.models.schema import conform, conform_chunks
+from sagehost.predictor import ColumnKind, ModelSpec, Rows, Table
 from tests.recordio_reference import dense, sparse
 from tests.test_codec_bounds import GIB, ceiling, npy_body
 
@@ -360,3 +360,46 @@ def test_numeric_csv_answers_are_the_text_of_each_value_one_row_a_line(array: np
     rows = array.tolist()
     csv.writer(out, lineterminator="\n").writerows(row if array.ndim == 2 else [row] for row in rows)
     assert encode(array, "text/csv") == out.getvalue().encode()
+
+
+# ---- big numeric CSV, chunk by chunk -------------------------------------------------------
+
+
+@st.composite
+def numeric_csv(draw: st.DrawFn) -> tuple[bytes, ModelSpec]:
+    """A numeric CSV, perhaps with a header in another column order, perhaps quoted, perhaps
+    with a ragged or non-numeric row; and the model it is sent to."""
+    matrix = draw(matrices)
+    names = tuple(f"f{i}" for i in range(matrix.shape[1]))
+    lines = [[repr(float(v)) for v in row] for row in matrix.tolist()]
+    if draw(st.booleans()):
+        order = draw(st.permutations(range(len(names))))
+        lines = [[names[i] for i in order]] + [[row[i] for i in order] for row in lines]
+    if draw(st.booleans()) and len(lines) > 1:
+        spoiled = draw(st.integers(1, len(lines) - 1))
+        lines[spoiled] = draw(st.sampled_from([lines[spoiled][:-1], [*lines[spoiled], "1"], ["x"] * len(names)]))
+    quoted = draw(st.booleans())
+    text = "".join(",".join(f'"{c}"' if quoted else c for c in row) + "\n" for row in lines)
+    named = draw(st.booleans())
+    spec = ModelSpec(methods=frozenset({"predict"}), feature_names=names if named else None, n_features=len(names))
+    return text.encode(), spec
+
+
+@PROPERTY
+@given(case=numeric_csv(), chunk_chars=st.integers(min_value=1, max_value=200))
+def test_numeric_csv_chunk_by_chunk_is_the_whole_body_at_once(case: tuple[bytes, ModelSpec], chunk_chars: int) -> None:
+    body, spec = case
+
+    def outcome(rows: Callable[[], Rows]) -> Any:
+        try:
+            return rows().values
+        except SagehostError as exc:
+            assert 400 <= exc.status < 500
+            return None
+
+    whole = outcome(lambda: conform(decode(body, "text/csv", width=spec.n_features), spec))
+    chunked = outcome(lambda: conform_chunks(csv_chunks(body, spec.n_features, chunk_chars), spec))
+    if whole is None or chunked is None:
+        assert whole is None and chunked is None
+    else:
+        np.testing.assert_array_equal(chunked, whole)

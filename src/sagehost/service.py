@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from sagehost import codecs
+from sagehost.codecs import media
 from sagehost.config import Method, Settings
 from sagehost.errors import Overloaded, PredictionTimeout
 from sagehost.formats.arrays import require_method
-from sagehost.models.schema import conform
+from sagehost.models.schema import conform, conform_chunks
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, ModelThread, Predictor, Rows, Shape
 
@@ -93,7 +94,12 @@ class RowService:
 
     def prepare(self, invocation: Invocation) -> tuple[Rows, Shape]:
         spec = self._predictor.spec
-        table = codecs.decode(invocation.body, invocation.content_type, width=spec.n_features)
+        body = invocation.body
+        if len(body) > codecs.CHUNK_CHARS and spec.numeric and codecs.media_type(invocation.content_type) == media.CSV:
+            # A big CSV body as Python objects costs up to 100 times its size; chunk by chunk,
+            # a numeric model's rows cost their float64 (codecs/csvrows.py).
+            return conform_chunks(codecs.csv_chunks(body, width=spec.n_features), spec), Shape.ROWS
+        table = codecs.decode(body, invocation.content_type, width=spec.n_features)
         return conform(table, spec), table.shape
 
 

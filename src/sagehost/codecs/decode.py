@@ -11,16 +11,25 @@ the event loop when small; the rest belong on a thread.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable
 
 from sagehost.codecs import limits, media, npy, sparse
+from sagehost.codecs.csvrows import CHUNK_CHARS, csv_chunks, decode_csv
 from sagehost.codecs.jsonrows import MISSING, decode_json, decode_jsonlines, json_value_to_table
-from sagehost.errors import EmptyPayload, InvalidPayload, UnsupportedMediaType
-from sagehost.predictor import Shape, Table
+from sagehost.errors import EmptyPayload, UnsupportedMediaType
+from sagehost.predictor import Table
 
-__all__ = ["MISSING", "decode", "decode_csv", "decode_json", "decode_jsonlines", "inline", "json_value_to_table"]
+__all__ = [
+    "CHUNK_CHARS",
+    "MISSING",
+    "csv_chunks",
+    "decode",
+    "decode_csv",
+    "decode_json",
+    "decode_jsonlines",
+    "inline",
+    "json_value_to_table",
+]
 
 Decoder = Callable[[bytes, "int | None"], Table]
 
@@ -42,30 +51,6 @@ def decode(body: bytes, content_type: str | None, *, width: int | None = None) -
     if len(body) > limits.MAX_COLUMNS and isinstance(table.rows, list):
         limits.check_columns(max(map(len, table.rows)), width)  # a row of N values takes N bytes or more
     return table
-
-
-def decode_csv(body: bytes, width: int | None = None) -> Table:
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidPayload("CSV must be UTF-8 text.") from None
-    if '"' in text:
-        return Table(_quoted_rows(text), None, Shape.ROWS)
-    # The fast path: no quoting, so a split is exact and several times quicker than csv.reader.
-    lines = text.splitlines()
-    if text.count(",") >= limits.MAX_COLUMNS:  # split no line into more cells than a row may hold
-        limits.check_columns(1 + max(line.count(",") for line in lines), width)
-    return Table([line.split(",") for line in lines if line.strip()], None, Shape.ROWS)
-
-
-def _quoted_rows(text: str) -> list[list[str]]:
-    try:
-        return [row for row in csv.reader(io.StringIO(text)) if row]
-    except csv.Error:
-        raise InvalidPayload(
-            f"The CSV is malformed (a quoted field is unterminated or longer than {csv.field_size_limit():,} "
-            "characters)."
-        ) from None
 
 
 def decode_octet(body: bytes, width: int | None = None) -> Table:

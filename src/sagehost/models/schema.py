@@ -7,6 +7,7 @@ column at fault, never the value (values are the user's data).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,45 @@ def conform(table: Table, spec: ModelSpec) -> Rows:
     if spec.numeric:
         return Rows(_numeric(rows, names))
     return Rows(_mixed(rows, names, spec))
+
+
+def conform_chunks(tables: Iterable[Table], spec: ModelSpec) -> Rows:
+    """Consecutive tables of one body (codecs.csv_chunks), for an all-numeric model: each becomes
+    float64 before the next is read, so the body's cells never all exist as Python objects. A
+    header row, if the first table starts with one, names the columns of every table."""
+    parts: list[np.ndarray[Any, Any]] = []
+    columns: tuple[str, ...] | None = None
+    for number, chunk in enumerate(_first_two_rows_together(iter(tables))):
+        if number == 0:
+            table = strip_header(chunk, spec)
+            columns = table.columns
+        else:
+            table = chunk if columns is None else type(chunk)(chunk.rows, columns, chunk.shape)
+        if len(table) == 0:
+            continue  # a first chunk that held only the header
+        array = _numeric(*_ordered(table, spec))
+        if parts and array.shape[1] != parts[0].shape[1]:
+            widths = {parts[0].shape[1], array.shape[1]}
+            raise SchemaMismatch(f"Rows have different numbers of values ({_span(widths)}); each row needs the same.")
+        parts.append(array)
+        del chunk, table  # before the next chunk is made, not after
+    if not parts:
+        raise EmptyPayload("The request holds a header row and no rows of values: send at least one.")
+    return Rows(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+
+def _first_two_rows_together(tables: Iterator[Table]) -> Iterator[Table]:
+    """Header detection may look at the row after the header: keep it in the first table."""
+    first = next(tables, None)
+    if first is None:
+        return
+    if len(first) < 2:
+        second = next(tables, None)
+        if second is not None:
+            first = type(first)([*first.rows, *second.rows], None, first.shape)
+    yield first
+    del first  # not kept alive while the rest are read
+    yield from tables
 
 
 def _widen(table: Table, spec: ModelSpec) -> Table:
