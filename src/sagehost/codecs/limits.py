@@ -15,6 +15,8 @@ from sagehost.errors import InvalidPayload
 FLOOR_BYTES = 64 * 1024 * 1024
 BYTES_PER_BODY_BYTE = 16
 _VALUE_BYTES = 8  # a float64: what the model's array holds
+FLOOR_VALUES = FLOOR_BYTES // _VALUE_BYTES
+"""Any body may decode to this many values; only bigger tables need the body's length."""
 
 MAX_COLUMNS = 100_000
 """Values per CSV or JSON row, unless the model has more features: a million-column row costs a
@@ -23,10 +25,6 @@ million objects and a million header checks, for a width no model here is traine
 MAX_DEPTH = 64
 """JSON nesting: a request is a few levels deep; Python's own repr and orjson's encoder fail
 near 1000 and 255 levels, so a body nested deeper is refused before anything walks it."""
-
-
-FLOOR_VALUES = FLOOR_BYTES // _VALUE_BYTES
-"""Any body may decode to this many values; only bigger tables need the body's length."""
 
 
 def max_values(body_length: int) -> int:
