@@ -28,6 +28,12 @@ def test_libsvm_index_past_the_model_is_a_400() -> None:
         conform(table, SPEC)
 
 
+def test_libsvm_index_past_a_known_width_is_refused_while_decoding() -> None:
+    with pytest.raises(InvalidPayload, match="libsvm row 1 has feature index 7, past this model's 5 features"):
+        decode(b"0 7:1\n", "text/libsvm", width=5)
+    assert np.shape(conform(decode(b"0 4:1\n", "text/libsvm", width=5), SPEC).values) == (1, 5)
+
+
 @pytest.mark.parametrize("body", [b"0 a:1\n", b"0 1:x\n", b"0 -1:2\n"])
 def test_malformed_libsvm_is_invalid(body: bytes) -> None:
     with pytest.raises(InvalidPayload):
