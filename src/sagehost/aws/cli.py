@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 import click
 
 from sagehost.aws.gateway import gateway_command
+from sagehost.aws.push import push_command
 from sagehost.aws.transform import transform_command
 from sagehost.config import FLAVORS
 from sagehost.errors import ConfigError, StartupError
+from sagehost.image.engine import ENGINES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,7 +69,13 @@ def aws() -> None:
 
 @aws.command()
 @click.argument("name")
-@click.option("--image", required=True, help="ECR image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG).")
+@click.option(
+    "--image",
+    help="ECR image URI (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO:TAG) [built for --model-dir's format and pushed].",
+)
+@click.option("--base-image", help="Without --image: the image's base, with python3 and venv [python:3.11-slim].")
+@click.option("--builder", type=click.Choice(ENGINES), help="Without --image: docker or podman [docker if it answers].")
+@click.option("--skip-verify", is_flag=True, help="Without --image: push without running the image locally first.")
 @click.option("--role", required=True, help="The execution role's ARN (trusts sagemaker.amazonaws.com).")
 @click.option(
     "--model-dir",
@@ -107,18 +115,21 @@ def aws() -> None:
 @_reported
 def deploy(name: str, region: str | None, profile: str | None, dry_run: bool, wait: bool, **options: Any) -> None:
     """Create or update the SageMaker endpoint NAME (idempotent: an unchanged deploy does nothing)."""
+    from sagehost.aws.autoimage import image_source
     from sagehost.aws.deploy import Deployer
 
     spec = _deploy_spec(name, {**options, "wait": wait})
+    source = image_source(options, _given)
     settings = _package_settings(options["flavor"])
     aws = _connect(region, profile, dry_run)
     if dry_run:
         click.echo("Dry run: reads are made, nothing is changed. These calls would be made:")
-    Deployer(aws, spec, sys.stderr, wait=wait).run(settings)
+    Deployer(aws, spec, sys.stderr, wait=wait, source=source).run(settings)
 
 
 def _deploy_spec(name: str, o: dict[str, Any]) -> Any:
     from sagehost.aws import autoscale, guardrails, spec as s
+    from sagehost.aws.autoimage import UNBUILT
     from sagehost.aws.errors import AwsOptionError
 
     async_only = ("async_failure", "async_max_concurrency", "async_success_topic", "async_error_topic")
@@ -130,7 +141,7 @@ def _deploy_spec(name: str, o: dict[str, Any]) -> Any:
         raise AwsOptionError("--autoscale needs --wait: a variant can be scaled once the endpoint is InService.")
     spec = s.DeploySpec(
         name=s.endpoint_name(name),
-        image=s.ecr_image(o["image"]),
+        image=UNBUILT if o["image"] is None else s.ecr_image(o["image"]),
         role=s.role_arn(o["role"]),
         model_dir=o["model_dir"],
         model_data=None if o["model_data"] is None else s.model_data(o["model_data"]),
@@ -236,8 +247,9 @@ def logs(name: str, since: str, follow: bool, region: str | None, profile: str |
 # transform and gateway: their options and code live in their modules (click only at import).
 transform = aws.command("transform")(_aws_options(_reported(transform_command)))
 gateway = aws.command("gateway")(_aws_options(_reported(gateway_command)))
+push = aws.command("push")(_aws_options(_reported(push_command)))
 
-COMMANDS = (deploy, endpoints, delete, logs, transform, gateway)
+COMMANDS = (deploy, endpoints, delete, logs, transform, gateway, push)
 
 
 def attach(group: click.Group) -> None:

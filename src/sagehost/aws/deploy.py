@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TextIO
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sagehost.aws import artifact, autoscale, inventory, preflight
 from sagehost.aws.diagnose import diagnose
@@ -24,6 +24,9 @@ from sagehost.aws.session import Aws
 from sagehost.aws.spec import DEFAULT_VARIANT, DeploySpec
 from sagehost.aws.wait import TIMEOUT_S, LogTail, Progress, log_group, until_gone, until_settled
 from sagehost.config import Settings
+
+if TYPE_CHECKING:
+    from sagehost.aws.autoimage import ImageSource
 
 BUSY = frozenset({"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting"})
 UPDATABLE = frozenset({"InService", "OutOfService", "UpdateRollbackFailed"})
@@ -50,11 +53,16 @@ class Deployer:
     stream: TextIO
     wait: bool = True
     timeout_s: float = TIMEOUT_S
+    source: ImageSource | None = None
+    """No --image: where the image comes from (built or reused, then pushed) before anything else."""
 
     def run(self, settings: Settings) -> None:
+        if self.source is None:
+            self.spec.check_region(self.aws.region)
+            preflight.check(self.aws, self.spec)
+        else:
+            self.spec = self.with_image(self.source, settings)
         spec, aws = self.spec, self.aws
-        spec.check_region(aws.region)
-        preflight.check(aws, spec)
         current = aws.find("sagemaker", "describe_endpoint", EndpointName=spec.name)
         if current is not None:
             inventory.require_owned(aws, current["EndpointArn"], spec.name, "endpoint")
@@ -78,6 +86,15 @@ class Deployer:
             self.finish(target, started_ms)
         else:
             aws.echo(f"Not waiting; `sagehost endpoints` shows {spec.name}'s status.")
+
+    def with_image(self, source: ImageSource, settings: Settings) -> DeploySpec:
+        """The role is checked first (a second), then the image is found or built and pushed
+        (minutes); the push checked its manifest and architecture, in this session's region."""
+        preflight.check_role(self.aws, self.spec.role)
+        if self.spec.update is not None and self.spec.update.alarms:
+            preflight.check_alarms(self.aws, self.spec.update.alarms)
+        image = source.resolve(self.aws, settings, lambda line: print(line, file=self.stream, flush=True))
+        return replace(self.spec, image=image)
 
     def target(self, staged: artifact.Staged, current: Mapping[str, Any] | None) -> Target:
         variants = (current or {}).get("ProductionVariants") or [{}]

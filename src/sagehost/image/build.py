@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +56,7 @@ def build(request: BuildRequest, settings: Settings, say: Say) -> Built:
     own = wheelhouse.own_wheel(wheels)
     count = wheelhouse.resolve(wheels, own, plan.extras, plan.requirements, target)
     say(f"Wheelhouse: {count} wheels for Python {target.python}, glibc {target.glibc}, {request.platform}")
-    _run_build(engine, request)
+    _run_build(engine, request, say)
     size = int(engine.inspect_image(request.tag).get("Size", 0))
     say(f"Built {request.tag} with {engine.name}: {size / 1e6:.0f} MB")
     return Built(request.tag, recipe, size)
@@ -102,15 +100,14 @@ def probe(engine: Engine, base_image: str, target_platform: str) -> wheelhouse.T
     return wheelhouse.Target(python, glibc, target_platform)
 
 
-def _run_build(engine: Engine, request: BuildRequest) -> None:
-    command = engine.command(
+def _run_build(engine: Engine, request: BuildRequest, say: Say) -> None:
+    # The engine's own progress is shown as it happens: builds take minutes.
+    code, _ = engine.stream(
         "build", "--platform", request.platform, "--build-arg", f"BASE_IMAGE={request.base_image}",
-        "-t", request.tag, str(request.context),
+        "-t", request.tag, str(request.context), say=say,
     )  # fmt: skip
-    # The engine's own progress goes to our stderr as it happens: builds take minutes.
-    result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, check=False)
-    if result.returncode != 0:
-        raise EngineError(f"{engine.name} build failed (exit {result.returncode}); its output is above.")
+    if code != 0:
+        raise EngineError(f"{engine.name} build failed (exit {code}); its output is above.")
 
 
 def _system_note(plan: ImagePlan) -> str:

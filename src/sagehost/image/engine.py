@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +32,35 @@ class Engine:
     def command(self, *args: str) -> list[str]:
         return [self.path, *args]
 
-    def run(self, *args: str, timeout: float | None = None) -> str:
-        """Run an engine command that must succeed; its stdout."""
-        result = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout, check=False)
+    def run(
+        self, *args: str, timeout: float | None = None, stdin: str | None = None, env: Mapping[str, str] | None = None
+    ) -> str:
+        """Run an engine command that must succeed; its stdout. `stdin` is how a secret gets in:
+        never as an argument, which any user of the machine can read in the process list."""
+        result = subprocess.run(
+            self.command(*args), capture_output=True, text=True, timeout=timeout, check=False, input=stdin, env=env
+        )
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
             raise EngineError(f"`{self.name} {' '.join(args[:2])} …` failed: " + " / ".join(detail))
         return result.stdout
+
+    def stream(
+        self, *args: str, say: Callable[[str], None], env: Mapping[str, str] | None = None
+    ) -> tuple[int, list[str]]:
+        """Run a long engine command (build, push), its output passed to `say` line by line as
+        it comes; its exit code and last lines. Through `say`, not our stderr's file descriptor,
+        so it works wherever the caller's output goes."""
+        last: deque[str] = deque(maxlen=8)
+        with subprocess.Popen(
+            self.command(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        ) as process:
+            assert process.stdout is not None
+            for raw in process.stdout:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                last.append(line)
+                say(line)
+        return process.returncode, list(last)
 
     def inspect_image(self, image: str) -> dict[str, Any]:
         """The image's config (Architecture, Config.Entrypoint, Config.Labels, Size …)."""
