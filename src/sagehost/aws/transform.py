@@ -150,10 +150,10 @@ def _check_payload(spec: TransformSpec) -> None:
         return
     payload = DEFAULT_PAYLOAD_MB if spec.max_payload_mb is None else spec.max_payload_mb
     if spec.concurrency * payload > MAX_PAYLOAD_MB:
-        given = "--max-payload-mb" if spec.max_payload_mb is not None else "the default 6 MB payload"
+        given = "--max-payload-mb" if spec.max_payload_mb is not None else "the default payload"
         most = MAX_PAYLOAD_MB // payload
         raise AwsOptionError(
-            f"--concurrency {spec.concurrency} x {given} ({payload} MB) is over SageMaker's {MAX_PAYLOAD_MB} MB: "
+            f"--concurrency {spec.concurrency} x {payload} MB ({given}) is over SageMaker's {MAX_PAYLOAD_MB} MB: "
             f"use --concurrency {most} or less, or a smaller --max-payload-mb."
         )
 
@@ -181,16 +181,15 @@ def _check_joinable(spec: TransformSpec) -> None:
     used = [_PROCESSING_OPTIONS[key] for key, value in spec.processing.items() if value != "None"]
     if not used:
         return
-    options = "/".join(used)
+    subject = "/".join(used) + (" need" if len(used) > 1 else " needs")
     for option, value in (("--content-type", spec.content_type), ("--accept", spec.accept)):
         if _base(value) not in JOINABLE:
             got = "" if value is None else f"; got {value!r}"
             raise AwsOptionError(
-                f"{options} need {option} set to one of {', '.join(JOINABLE)} (SageMaker filters and joins "
-                f"only those){got}."
+                f"{subject} {option} set to one of {', '.join(JOINABLE)} (SageMaker filters and joins only those){got}."
             )
     if _base(spec.content_type) == "text/csv" and (spec.split_type != "Line" or spec.assemble_with != "Line"):
-        raise AwsOptionError(f"{options} on CSV need --split-type Line and --assemble-with Line (one record a line).")
+        raise AwsOptionError(f"{subject} --split-type Line and --assemble-with Line on CSV (one record a line).")
 
 
 def _base(media_type: str | None) -> str:
@@ -242,7 +241,7 @@ def resolve(aws: Aws, name: str) -> Resolved:
             raise AwsOptionError(
                 f"Endpoint {name} runs {len(models)} models ({', '.join(models) or 'none'}): name the model instead."
             )
-        return Resolved(models[0], name, f"endpoint {name}'s model")
+        return Resolved(models[0], name, f"endpoint {name}'s model {models[0]}")
     model = aws.find("sagemaker", "describe_model", ModelName=name)
     if model is None:
         raise AwsNotFound(
@@ -294,9 +293,7 @@ class Transformer:
         name = job_name(spec.source, request, time.time())
         tags = [{"Key": TAG_KEY, "Value": resolved.owner}, *({"Key": k, "Value": v} for k, v in spec.tags.items())]
         resources = f"{spec.instance_count} x {spec.instance_type}"
-        aws.echo(
-            f"Transform job {name}: {resolved.how} ({resolved.model}), {spec.input} -> {spec.output}, {resources}."
-        )
+        aws.echo(f"Transform job {name}: {resolved.how}, {spec.input} -> {spec.output}, {resources}.")
         started_ms = int(time.time() * 1000)
         aws.write("sagemaker", "create_transform_job", TransformJobName=name, **request, Tags=tags)
         if aws.dry_run:
