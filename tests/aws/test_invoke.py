@@ -137,6 +137,13 @@ def test_custom_attributes_reach_the_model_and_come_back(user: User, rows: Path)
     assert "CustomAttributes: method=predict_proba" in result.stderr
 
 
+def test_a_target_model_is_sent_as_invoke_endpoint_takes_it(user: User, rows: Path) -> None:
+    # The stand-in passes X-Amzn-SageMaker-Target-Model on; boto3 refuses a parameter InvokeEndpoint lacks.
+    result = user.run("invoke", "iris", str(rows), "--target-model", "iris-v2.tar.gz", "--accept", "text/csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "setosa\nvirginica\n"
+
+
 def test_a_model_error_prints_the_containers_status_and_message(user: User, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("1,2\n")

@@ -167,8 +167,9 @@ class Gateway:
             return await self._relay("POST", target, body, headers, self.limits.timeout_s)
         if method == "POST" and (found := _ASYNC_PATH.match(path)):
             inline = await _body(scope, receive, _ASYNC_INLINE_BYTES)
-            if inline is None:
-                return _validation(f"An inline Body is at most {_ASYNC_INLINE_BYTES} bytes: upload it to S3 instead.")
+            if inline is None:  # the rest of the body stays unread: the connection closes
+                too_big = f"An inline Body is at most {_ASYNC_INLINE_BYTES} bytes: upload it to S3 instead."
+                return _validation(too_big, _CLOSE)
             return self._enqueue(found["name"], _all_headers(scope), inline)
         if path in _PLATFORM_GETS or _INVOKE_PATH.match(path) or _ASYNC_PATH.match(path):
             return _json(405, {"message": f"{method} {path} is not answered: use POST /invocations."})
@@ -373,9 +374,9 @@ def _log(line: str) -> None:
     print(f"[local] {line}", file=sys.stderr, flush=True)
 
 
-def _validation(message: str) -> _Reply:
+def _validation(message: str, *headers: tuple[bytes, bytes]) -> _Reply:
     """The runtime's ValidationError (HTTP 400), as boto3 reads it."""
-    return _json(400, {"message": message}, (b"x-amzn-ErrorType", b"ValidationError:"))
+    return _json(400, {"message": message}, (b"x-amzn-ErrorType", b"ValidationError:"), *headers)
 
 
 def _model_error(status: int, message: str) -> _Reply:
