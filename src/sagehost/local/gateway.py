@@ -15,7 +15,8 @@ callables the config carries (sagehost.aws's, so boto3 stays there).
 https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointAsync.html
 
 It is an ASGI app, served by sagehost's own HTTP server (`serve_gateway`); it forwards over a
-bounded httpx pool (sagehost.http.outbound), reading at most the payload limit of any answer.
+bounded httpx pool (sagehost.http.outbound), reading at most the payload limit of any answer
+(of an async one, the 1 GB an async invocation may take).
 """
 
 from __future__ import annotations
