@@ -18,7 +18,7 @@ from sagehost.errors import Overloaded, PredictionTimeout
 from sagehost.formats.arrays import require_method
 from sagehost.models.schema import conform, conform_chunks
 from sagehost.models.script import ScriptHandler
-from sagehost.predictor import MODEL_THREAD, ModelThread, Predictor, Rows, Shape
+from sagehost.predictor import MODEL_THREAD, ModelThread, Outputs, Predictor, Rows, Shape
 
 # Answers of more rows are encoded on a thread: a CSV answer costs a few microseconds a row
 # (60,000 rows of probabilities took 0.5 s), which would stall /ping on the loop.
@@ -88,9 +88,7 @@ class RowService:
             rows, shape = await asyncio.to_thread(self.prepare, invocation)
         outputs = await _within(self._predictor.predict(rows, method), self._settings.timeout_s)
         labels = self._labels if method == "predict_proba" else None
-        if len(outputs) > _INLINE_ANSWER_ROWS:
-            return Reply(await asyncio.to_thread(codecs.encode, outputs, accept, shape, labels), accept)
-        return Reply(codecs.encode(outputs, accept, shape, labels), accept)
+        return Reply(await encode_answer(outputs, accept, shape, labels), accept)
 
     def prepare(self, invocation: Invocation) -> tuple[Rows, Shape]:
         spec = self._predictor.spec
@@ -131,6 +129,13 @@ class ScriptService:
         finally:
             self._in_flight -= 1
         return Reply(body, content_type)
+
+
+async def encode_answer(outputs: Outputs, accept: str, shape: Shape, labels: Sequence[str] | None) -> bytes:
+    """The answer's bytes: on the loop when small, on a thread when encoding could stall it."""
+    if len(outputs) > _INLINE_ANSWER_ROWS:
+        return await asyncio.to_thread(codecs.encode, outputs, accept, shape, labels)
+    return codecs.encode(outputs, accept, shape, labels)
 
 
 async def _within(call: Awaitable[T], timeout_s: float) -> T:

@@ -33,7 +33,7 @@ from sagehost.models.schema import strip_header
 from sagehost.predictor import ModelSpec, Outputs, Rows, Shape, Table
 from sagehost.proxy.adapters import JSON, Adapter, Fields, RequestHook, ResponseHook, Scored, Untyped, typed
 from sagehost.proxy.health import UpstreamHealth
-from sagehost.service import Invocation, Reply
+from sagehost.service import Invocation, Reply, encode_answer
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and the ones the client recomputes: never forwarded.
 _HOP_BY_HOP = frozenset(
@@ -42,7 +42,6 @@ _HOP_BY_HOP = frozenset(
 )  # fmt: skip
 _ANSWER_HEADERS = b"x-amzn-"  # SageMaker's own headers: custom attributes, inference id, ...
 _NPY_MAGIC = b"\x93NUMPY"
-_INLINE_BYTES = 8 * 1024  # as sagehost.service: smaller JSON and CSV bodies decode on the event loop
 
 log = logging.getLogger("sagehost.proxy")
 
@@ -125,7 +124,7 @@ class ProxyService:
 
     async def _translate(self, invocation: Invocation, adapter: Adapter) -> Reply:
         accept = codecs.negotiate(invocation.accept, self._settings.default_accept)
-        if len(invocation.body) <= _INLINE_BYTES and codecs.inline(invocation.content_type):
+        if codecs.inline(invocation.body, invocation.content_type):
             fields, rows, untyped, shape = self._prepare(invocation)
         else:  # decoding a large body would stall every other request of this worker
             fields, rows, untyped, shape = await asyncio.to_thread(self._prepare, invocation)
@@ -137,7 +136,7 @@ class ProxyService:
             scored = await asyncio.gather(*(self._call_one(adapter, fields, untyped, row) for row in rows))
             outputs = [row for s in scored for row in s.rows]
             labels = scored[0].fields
-        return Reply(codecs.encode(outputs, accept, shape, labels), accept)
+        return Reply(await encode_answer(outputs, accept, shape, labels), accept)
 
     def _prepare(self, invocation: Invocation) -> tuple[Fields, list[list[Any]], Untyped, Shape]:
         """Named rows, CSV cells typed as declared, and the fields left as untyped text."""
