@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from sagehost import contract
-from sagehost.aws.cli import _aws_options, _reported
+from sagehost.aws.cli import _aws_options, _reported, attach as _attach_aws
 from sagehost.config import BY_FLAG, Settings, Source, thread_limits
 from sagehost.errors import ConfigError
 from sagehost.image.engine import ENGINES
@@ -313,6 +313,8 @@ def _run_local(run: Callable[[Any, Callable[[str], None]], int], request: Any) -
 @click.option("--max-payload-mb", type=click.IntRange(1, 100), default=6, show_default=True, help="Batch mode's.")
 @click.option("--batch-strategy", type=click.Choice(contract.BATCH_STRATEGIES), default="MULTI_RECORD")
 @click.option("--invocation-timeout", "invocation_timeout_s", type=float, help="Seconds [60; batch 600].")
+@click.option("--async-output", metavar="S3_URI", help="Also answer InvokeEndpointAsync, writing answers here.")
+@click.option("--async-failure", metavar="S3_URI", help="Where failed async invocations go [beside the answers].")
 def local_serve(
     image: str | None, no_container: bool, env_pairs: tuple[str, ...], startup_timeout: float, **options: Any
 ) -> None:
@@ -341,6 +343,10 @@ def local_train(image: str | None, no_container: bool, hyper: tuple[str, ...], *
     if image is None and not no_container:
         raise click.UsageError("Give an IMAGE, or --no-container to run `sagehost train` directly.")
     _run_local(local_train, TrainRequest(None if no_container else image, hyperparameters=_env_pairs(hyper), **options))
+
+
+# The cloud half: push, deploy, endpoints, logs, delete, transform, gateway (boto3 only in sagehost.aws).
+_attach_aws(main)
 
 
 def serve_entry() -> None:

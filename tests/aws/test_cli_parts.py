@@ -20,8 +20,15 @@ def test_attach_adds_every_aws_command_to_a_group() -> None:
 
     attach(main)
 
-    assert set(main.commands) == {"deploy", "endpoints", "delete", "logs"} == {c.name for c in COMMANDS}
+    assert set(main.commands) == {c.name for c in COMMANDS}
+    assert {"deploy", "endpoints", "delete", "logs", "push", "transform", "gateway"} <= set(main.commands)
     assert "--rollback-alarm" in CliRunner().invoke(main, ["deploy", "--help"]).output
+
+
+def test_the_sagehost_command_carries_the_aws_commands() -> None:
+    from sagehost import cli
+
+    assert {c.name for c in COMMANDS} <= set(cli.main.commands)
 
 
 def test_without_boto3_the_commands_name_the_extra_to_install() -> None:

@@ -74,7 +74,13 @@ _S3_ACTIONS = {
     "CompleteMultipartUpload": "s3:PutObject",
     "DeleteObjects": "s3:DeleteObject",
 }
-_IAM_PREFIX = {"application-autoscaling": "application-autoscaling", "cloudwatch": "cloudwatch", "logs": "logs"}
+# IAM's action prefix where it differs from the client's name (sagemaker-runtime's calls are sagemaker:*).
+_IAM_PREFIX = {
+    "application-autoscaling": "application-autoscaling",
+    "cloudwatch": "cloudwatch",
+    "logs": "logs",
+    "sagemaker-runtime": "sagemaker",
+}
 
 # Things that may carry a credential: access key ids, SigV4 query parameters, Authorization headers.
 _SECRETS = re.compile(
