@@ -1,16 +1,18 @@
 """`sagehost delete NAME`: everything sagehost made for an endpoint, and nothing else.
 
-The endpoint (only when tagged for NAME), its autoscaling target and policies, the alarms sagehost
-made for it, its endpoint configurations and models, and the model archives sagehost uploaded
-(s3://BUCKET/sagehost/NAME/…) unless kept. SageMaker keeps configurations and models after the
-endpoint goes, so deleting only the endpoint leaks them (sagemaker-python-sdk #447).
+The gateway `sagehost gateway NAME` made (its API, key, usage plan, Lambda function, log group
+and role; see gateway.py), the endpoint (only when tagged for NAME), its autoscaling target and
+policies, the alarms sagehost made for it, its endpoint configurations and models, and the model
+archives sagehost uploaded (s3://BUCKET/sagehost/NAME/…) unless kept. SageMaker keeps
+configurations and models after the endpoint goes, so deleting only the endpoint leaks them
+(sagemaker-python-sdk #447).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sagehost.aws import inventory
+from sagehost.aws import gateway, inventory
 from sagehost.aws.artifact import KEY_PREFIX
 from sagehost.aws.autoscale import ALARM_PREFIX, DIMENSION
 from sagehost.aws.session import Aws
@@ -28,9 +30,11 @@ class Found:
     configs: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     archives: list[tuple[str, str]] = field(default_factory=list)
+    front_door: gateway.Pieces = field(default_factory=gateway.Pieces)
 
     def lines(self) -> list[str]:
-        found = [f"endpoint {self.name}"] if self.endpoint else []
+        found = self.front_door.lines()
+        found += [f"endpoint {self.name}"] if self.endpoint else []
         found += [f"autoscaling target {t} (and its policies)" for t in self.scaling_targets]
         found += [f"alarm {a}" for a in self.alarms]
         found += [f"endpoint config {c}" for c in self.configs]
@@ -46,6 +50,8 @@ def find(aws: Aws, name: str, keep_archives: bool = False) -> Found:
         inventory.require_owned(aws, endpoint["EndpointArn"], name, "endpoint")
         found.endpoint = True
         found.scaling_targets = scaling_targets(aws, name)
+    # Not strict: a user who never made a gateway may lack the rights to look for one.
+    found.front_door = gateway.find(aws, name, strict=False)
     found.alarms = alarms(aws, name)
     found.configs = inventory.configs_of(aws, name)
     found.models = inventory.models_of(aws, name)
@@ -56,6 +62,7 @@ def find(aws: Aws, name: str, keep_archives: bool = False) -> Found:
 
 def remove(aws: Aws, found: Found) -> None:
     name = found.name
+    gateway.remove(aws, found.front_door)  # first: no traffic toward an endpoint being deleted
     for resource_id in found.scaling_targets:
         aws.write(
             "application-autoscaling",
