@@ -219,7 +219,7 @@ def test_delete_without_gateway_rights_still_deletes_the_endpoint(
     assert result.exit_code == 0, result.output
     assert cloud.client("sagemaker").list_endpoints()["Endpoints"] == []
     denied = cloud.run("gateway", "iris", "--delete")  # asked for by name: the refusal is shown
-    assert denied.exit_code == 1 and "Permission denied: apigateway:GetRestApis" in denied.output
+    assert denied.exit_code == 1 and "Permission denied: apigateway:" in denied.output
 
 
 def test_the_endpoint_must_exist_and_what_sagehost_did_not_make_is_left_alone(cloud: Cloud) -> None:
