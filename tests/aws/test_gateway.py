@@ -5,11 +5,14 @@ which needs Docker, are not used)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import io
 import json
 import logging
 import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pandas as pd
 import pytest
 
 from sagehost.aws import lambda_handler
-from sagehost.aws.gateway import resource_name
+from sagehost.aws.gateway import handler_zip, resource_name
 from tests.aws.conftest import ACCESS_KEY_ID, ACCOUNT, IMAGE, REGION, ROLE_ARN, SECRET, TOKEN, Cloud
 from tests.conftest import SAGEHOST, free_port, local_endpoint
 
@@ -163,6 +166,39 @@ def test_running_it_again_is_up_to_date_and_a_key_can_be_added_later(cloud: Clou
     without = cloud.run("gateway", "iris")  # a key once required stays required
     assert without.exit_code == 0 and "up to date" in without.output and "x-api-key" in without.output
     assert predict_method(cloud, api["id"])["apiKeyRequired"] is True
+
+
+def test_a_function_running_other_code_gets_the_handler_again(cloud: Cloud) -> None:
+    an_endpoint(cloud, "iris")
+    assert cloud.run("gateway", "iris").exit_code == 0
+    lam = cloud.client("lambda")
+    shipped = lam.get_function(FunctionName="sagehost-gateway-iris")["Configuration"]["CodeSha256"]
+    old = io.BytesIO()
+    with zipfile.ZipFile(old, "w") as archive:
+        archive.writestr("lambda_handler.py", "def handler(event, context):\n    return {}\n")
+    lam.update_function_code(FunctionName="sagehost-gateway-iris", ZipFile=old.getvalue())
+
+    result = cloud.run("gateway", "iris")
+
+    assert result.exit_code == 0, result.output
+    assert "updated the code of Lambda function sagehost-gateway-iris" in result.output
+    assert lam.get_function(FunctionName="sagehost-gateway-iris")["Configuration"]["CodeSha256"] == shipped
+    assert "up to date" in cloud.run("gateway", "iris").output
+
+
+def test_the_zip_holds_the_handler_alone_importing_only_the_standard_library_and_boto3() -> None:
+    with zipfile.ZipFile(io.BytesIO(handler_zip())) as archive:
+        assert archive.namelist() == ["lambda_handler.py"]
+        source = archive.read("lambda_handler.py")
+    assert source == Path(lambda_handler.__file__).read_bytes()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported - sys.stdlib_module_names == {"boto3", "botocore"}
+    assert handler_zip() == handler_zip()  # the same bytes each time: its hash tells a change
 
 
 def test_delete_removes_every_piece_and_leaves_another_endpoints_gateway(cloud: Cloud) -> None:
