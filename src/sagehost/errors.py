@@ -39,6 +39,7 @@ StartupError                     (not HTTP: the process exits with its paragraph
     ├── AwsNotFound
     ├── AwsQuotaExceeded
     ├── AwsConflict
+    ├── AwsModelError
     ├── PreflightFailed
     └── DeployFailed
 ```

@@ -20,6 +20,7 @@ from sagehost.aws.errors import (
     AwsConflict,
     AwsCredentialsError,
     AwsError,
+    AwsModelError,
     AwsNotFound,
     AwsOptionError,
     AwsPermissionDenied,
@@ -128,6 +129,11 @@ def client_error(exc: Any, service: str, operation: str) -> AwsError:
     code = str(error.get("Code", "Unknown"))
     message = _message(error.get("Message") or error.get("message") or "")
     action = iam_action(service, operation)
+    if code == "ModelError":  # the container's answer, not AWS's: its own status and words
+        # https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html#API_runtime_InvokeEndpoint_Errors
+        answer = exc.response
+        said = scrub(str(answer.get("OriginalMessage") or error.get("Message") or "").strip())
+        return AwsModelError(int(answer.get("OriginalStatusCode") or 0), said)
     if code in _ACCESS:
         # CreateModel hands the execution role to SageMaker: the caller needs iam:PassRole on it too.
         also = " and iam:PassRole on the execution role" if action == "sagemaker:CreateModel" else ""

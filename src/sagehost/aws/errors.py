@@ -9,6 +9,7 @@ StartupError                      (sagehost.errors)
     ├── AwsNotFound               a role, bucket, object, image or endpoint that is not there
     ├── AwsQuotaExceeded          an account quota, or throttling that outlasted the retries
     ├── AwsConflict               a name held by something sagehost did not create, or busy
+    ├── AwsModelError             InvokeEndpoint's ModelError: the container's own status and message
     ├── PreflightFailed           a check before any paid call found what AWS would refuse later
     └── DeployFailed              the endpoint ended Failed or rolled back (reason, logs, diagnosis)
 ConfigError                       (sagehost.errors)
@@ -50,6 +51,20 @@ class AwsQuotaExceeded(AwsError):
 
 class AwsConflict(AwsError):
     pass
+
+
+class AwsModelError(AwsError):
+    """The container behind an endpoint refused or failed an invocation (InvokeEndpoint's ModelError)."""
+
+    def __init__(self, status: int, said: str) -> None:
+        self.status = status
+        """The container's HTTP status (OriginalStatusCode); 0 when it gave no answer at all."""
+        self.said = said
+        """The container's own message (OriginalMessage), scrubbed."""
+        if status:
+            super().__init__(f"The model answered HTTP {status}: {said}")
+        else:  # e.g. the 60 s invocation timeout
+            super().__init__(f"The model gave no answer: {said}")
 
 
 class PreflightFailed(AwsError):

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from sagehost.aws.artifact import KEY_PREFIX, default_bucket, ensure_bucket
-from sagehost.aws.boundary import scrub, translated
-from sagehost.aws.errors import AwsError, AwsOptionError
+from sagehost.aws.boundary import translated
+from sagehost.aws.errors import AwsError, AwsModelError, AwsOptionError
 from sagehost.aws.session import Aws
 from sagehost.aws.spec import TAG_KEY, S3Uri, s3_uri
 
@@ -30,7 +30,6 @@ ASYNC_INPUTS = "async-inputs"
 ASYNC_PAYLOAD_BYTES = 1_000_000_000  # InvokeEndpointAsync takes inputs up to 1 GB
 FIRST_POLL_S = 0.2
 LONGEST_POLL_S = 5.0  # S3 is asked at least this often once the back-off has grown
-_MODEL_ERROR_HOOK = f"after-call.{RUNTIME}.InvokeEndpoint"
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,6 @@ class Outcome:
 
 def invoke(aws: Aws, request: Request) -> Answer:
     """InvokeEndpoint; a ModelError leaves as an AwsError with the container's status and message."""
-    _say_model_errors(aws.client(RUNTIME), request.endpoint)
     params: dict[str, Any] = {
         "EndpointName": request.endpoint,
         "Body": request.body,
@@ -82,7 +80,10 @@ def invoke(aws: Aws, request: Request) -> Answer:
     }
     if request.target_model:
         params["TargetModel"] = request.target_model
-    answer = aws.write(RUNTIME, "invoke_endpoint", **params)
+    try:
+        answer = aws.write(RUNTIME, "invoke_endpoint", **params)
+    except AwsModelError as exc:  # translated by the boundary; here it learns which endpoint
+        raise AwsError(model_error_message(request.endpoint, exc)) from None
     with translated(RUNTIME, "InvokeEndpoint"):  # the body streams: reading it can fail too
         body = answer["Body"].read()
     return Answer(body, str(answer.get("ContentType", "")), answer.get("CustomAttributes"))
@@ -182,24 +183,9 @@ class S3Objects:
         self.aws.write("s3", "put_object", Bucket=uri.bucket, Key=uri.key, Body=body, ContentType=content_type)
 
 
-def _say_model_errors(client: Any, endpoint: str) -> None:
-    """Have InvokeEndpoint's ModelError raise as what the container said. The error answer's
-    parsed fields are read as botocore hands them over, before it raises its own exception."""
-
-    def check(parsed: Mapping[str, Any], **_: Any) -> None:
-        if parsed.get("Error", {}).get("Code") == "ModelError":
-            raise AwsError(model_error_message(endpoint, parsed))
-
-    client.meta.events.register(_MODEL_ERROR_HOOK, check, unique_id=f"sagehost-model-error-{endpoint}")
-
-
-def model_error_message(endpoint: str, error: Mapping[str, Any]) -> str:
-    """A ModelError in the container's terms: its HTTP status and its own message.
-    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpoint.html#API_runtime_InvokeEndpoint_Errors
-    """
-    status = error.get("OriginalStatusCode")
-    said = scrub(str(error.get("OriginalMessage") or error.get("Message") or "").strip())
+def model_error_message(endpoint: str, error: AwsModelError) -> str:
+    """A ModelError in the container's terms, with where its log is."""
     logs = f"Its log: sagehost logs {endpoint}"
-    if not status:  # 0: no answer at all, e.g. the 60 s invocation timeout
-        return f"The model behind endpoint {endpoint} gave no answer: {said}\n{logs}"
-    return f"The model behind endpoint {endpoint} answered HTTP {status}: {said}\n{logs}"
+    if not error.status:
+        return f"The model behind endpoint {endpoint} gave no answer: {error.said}\n{logs}"
+    return f"The model behind endpoint {endpoint} answered HTTP {error.status}: {error.said}\n{logs}"
