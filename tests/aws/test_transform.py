@@ -196,7 +196,7 @@ def test_the_payload_product_is_fine_within_100_mb_and_when_streamed(cloud: Clou
     [
         ("nothing-here", [IN, OUT], "nothing-here is neither an endpoint nor a model"),
         ("iris-model", [f"s3://{DATA}/empty/", OUT], f"There is nothing under s3://{DATA}/empty/"),
-        ("iris-model", ["s3://no-such-bucket-sagehost/in/", OUT], "not found"),
+        ("iris-model", ["s3://no-such-bucket-sagehost/in/", OUT], "There is no bucket no-such-bucket-sagehost for the"),
         ("iris-model", [IN, "s3://no-such-bucket-sagehost/out/"], "There is no bucket no-such-bucket-sagehost"),
     ],
 )

@@ -258,7 +258,9 @@ def resolve(aws: Aws, name: str) -> Resolved:
 def check_data(aws: Aws, spec: TransformSpec) -> None:
     """Something to read under the input, a bucket to write to: free reads, skipped when refused."""
     try:
-        page = aws.read("s3", "list_objects_v2", Bucket=spec.input.bucket, Prefix=spec.input.key, MaxKeys=1)
+        page = aws.find("s3", "list_objects_v2", Bucket=spec.input.bucket, Prefix=spec.input.key, MaxKeys=1)
+        if page is None:
+            raise AwsNotFound(f"There is no bucket {spec.input.bucket} for the input {spec.input} in this account.")
         if not page.get("KeyCount") and not page.get("Contents"):
             raise AwsNotFound(f"There is nothing under {spec.input} to transform: upload the input there first.")
         if spec.output.bucket != spec.input.bucket and aws.find("s3", "head_bucket", Bucket=spec.output.bucket) is None:
