@@ -401,3 +401,28 @@ def test_the_sweep_enforces_deadlines_on_a_real_loop() -> None:
         await asyncio.wait_for(task, timeout=5)
 
     run(scenario)
+
+
+def test_after_a_refusal_what_follows_is_dropped_up_to_a_budget() -> None:
+    async def scenario() -> None:
+        connection, transport = await connect()
+        connection.data_received(get(extra=b"X-Big: " + b"a" * 5000 + b"\r\n"))
+        await settle()
+        assert transport.answers() == [b"HTTP/1.1 431 Request Header Fields Too Large"] and not transport.closed
+        for _ in range(20):  # a client that never stops sending is cut off after 1 MiB
+            connection.data_received(b"x" * 65536)
+        assert transport.closed
+
+    run(scenario)
+
+
+def test_after_a_413_the_refused_body_may_finish_arriving() -> None:
+    async def scenario() -> None:
+        connection, transport = await connect()
+        connection.data_received(b"POST /invocations HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n")
+        await settle()
+        for _ in range(76):  # the whole declared body: still read and dropped, so the 413 is read
+            connection.data_received(b"x" * 65536)
+        assert transport.answers() == [b"HTTP/1.1 413 Request Entity Too Large"] and not transport.closed
+
+    run(scenario)

@@ -49,7 +49,7 @@ import httptools
 
 from sagehost import contract, supervisor
 from sagehost.answers import too_large
-from sagehost.errors import HeaderTooLarge, RequestError, RequestTimeout, SagehostError
+from sagehost.errors import HeaderTooLarge, PayloadTooLarge, RequestError, RequestTimeout, SagehostError
 from sagehost.http.limits import Limits
 
 log = logging.getLogger("sagehost.http")
@@ -60,6 +60,8 @@ _MAX_QUEUED = 16  # pipelined requests held per connection before reading pauses
 _MAX_QUEUED_BYTES = 64 * 1024 * 1024  # or this much of their bodies, whichever comes first
 _CLOSE = (b"connection", b"close")
 _REASONS = {s.value: f"{s.value} {s.phrase}".encode() for s in http.HTTPStatus}
+_DISCARD = 1024 * 1024  # read and dropped after a refusal, at most
+_DISCARD_BODY = 64 * 1024 * 1024  # after a 413, whose body a client may still be sending
 _BETWEEN, _HEAD, _BODY = 0, 1, 2  # where the parser is in the current request
 
 
@@ -123,6 +125,7 @@ class Connection(asyncio.Protocol):
         self._body_last = 0.0
         self._quiet_since = 0.0  # when the connection last went idle
         self._refused = False  # an error is queued: nothing after it is read or answered
+        self._discard_left = 0  # bytes still read and dropped after a refusal
         self._reading_paused = False
         self._writing_paused_at: float | None = None
         self._linger_until: float | None = None
@@ -141,7 +144,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return  # lingering, or an error is queued: what follows is dropped unread
+            self._discard(len(data))  # lingering, or an error is queued: what follows is dropped unread
+            return
         began, was_head = self._began, self._phase == _HEAD
         try:
             self._parser.feed_data(data)
@@ -241,6 +245,10 @@ class Connection(asyncio.Protocol):
         if self._refused:
             return
         self._refused = True
+        # What the client sends after a refusal is read and dropped, up to a budget: enough for a
+        # refused body to finish arriving so the client reads our 413 (a close with unread bytes is
+        # a reset), not so much that a client that never stops keeps us reading.
+        self._discard_left = _DISCARD_BODY if isinstance(error, PayloadTooLarge) else _DISCARD
         self._current = None
         self._chunks = []
         self._enqueue(_refusal(error))
@@ -385,8 +393,17 @@ class Connection(asyncio.Protocol):
         self._linger_until = self._loop.time() + self._limits.linger_s
         self._resume_reading_for_linger()
 
+    def _discard(self, size: int) -> None:
+        self._discard_left -= size
+        if self._discard_left > 0 or self._transport is None:
+            return
+        if self._linger_until is not None:
+            self._transport.close()  # our answer is written; the client is not listening
+        else:
+            self._pause_reading()  # answers before the refusal are still to be written
+
     def _resume_reading_for_linger(self) -> None:
-        if self._reading_paused and self._transport is not None:
+        if self._reading_paused and self._transport is not None and self._discard_left > 0:
             self._reading_paused = False
             self._transport.resume_reading()
 
