@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sagehost.aws.transform import transform_spec
 from tests.aws import moto_ext
 from tests.aws.conftest import ACCESS_KEY_ID, IMAGE, ROLE_ARN, SECRET, TOKEN, Cloud
 from tests.aws.moto_ext import Step
@@ -281,3 +282,29 @@ def test_no_credential_shows_in_transform_output_or_log(
     assert "Reason: bad" in everything
     for secret in (SECRET, TOKEN, ACCESS_KEY_ID):
         assert secret not in everything
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["$", "$.features", "$.id.*", "$['id','SageMakerOutput']", "$.field1.['child1','child2']", "$[1]", "$[1,3,5]",
+     "$[-1]", "$[2:5]", "$[:5]", "$[2:]", "$[0,5:]", "$[*]"],
+)  # fmt: skip
+def test_sagemakers_documented_jsonpath_forms_are_accepted(path: str) -> None:
+    """The examples of https://docs.aws.amazon.com/sagemaker/latest/dg/batch-transform-data-processing.html"""
+    options = {
+        "content_type": "application/jsonlines",
+        "split_type": "Line",
+        "strategy": None,
+        "max_payload_mb": None,
+        "concurrency": None,
+        "assemble_with": "Line",
+        "accept": "application/jsonlines",
+        "input_filter": path,
+        "output_filter": path,
+        "join_source": "Input",
+        "instance_type": "ml.m5.large",
+        "instance_count": 1,
+        "tag_pairs": (),
+    }
+    spec = transform_spec("iris", IN, OUT, options)
+    assert spec.processing == {"InputFilter": path, "OutputFilter": path, "JoinSource": "Input"}
