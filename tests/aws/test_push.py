@@ -379,4 +379,5 @@ def test_deploy_without_image_builds_verifies_pushes_and_serves(
         for secret in SECRETS:
             assert secret not in done.stdout + done.stderr + again.stdout + again.stderr
     finally:
-        podman("rmi", "-f", local, check=False)
+        found = podman("image", "inspect", "--format", "{{.Id}}", local, check=False).stdout.strip()
+        podman("rmi", "-f", found or local, check=False)  # by id: its ECR names go too
