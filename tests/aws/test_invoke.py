@@ -190,6 +190,9 @@ def test_invoke_async_uploads_waits_and_prints_the_answer(user: User, rows: Path
     assert head["ContentType"].startswith("text/csv")
     assert f"Queued {inference_id}: its answer goes to s3://{BUCKET}/{output_key}" in result.stderr
     assert f"Creating bucket s3://{BUCKET}" in result.stderr  # deploy's default bucket, made once
+    deleted = user.run("delete", "iris", "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    assert user.objects("sagehost/iris/async-inputs/") == {}  # staged payloads go with the endpoint
 
 
 def test_a_failed_async_invocation_prints_the_failure_and_exits_1(user: User, tmp_path: Path) -> None:

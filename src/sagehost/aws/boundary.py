@@ -56,8 +56,11 @@ _MISSING = frozenset(
         "ImageNotFoundException",
         "ResourceNotFoundException",
         "ObjectNotFoundException",
+        "NotFoundException",  # API Gateway's
     }
 )
+# Calls that hand a role to a service: the caller needs iam:PassRole on it too.
+_PASSES_ROLE = frozenset({"sagemaker:CreateModel", "lambda:CreateFunction"})
 _QUOTA = frozenset({"ResourceLimitExceeded", "LimitExceededException", "ServiceQuotaExceededException"})
 _THROTTLED = frozenset(
     {"ThrottlingException", "Throttling", "TooManyRequestsException", "SlowDown", "RequestLimitExceeded"}
@@ -135,8 +138,7 @@ def client_error(exc: Any, service: str, operation: str) -> AwsError:
         said = scrub(str(answer.get("OriginalMessage") or error.get("Message") or "").strip())
         return AwsModelError(int(answer.get("OriginalStatusCode") or 0), said)
     if code in _ACCESS:
-        # CreateModel hands the execution role to SageMaker: the caller needs iam:PassRole on it too.
-        also = " and iam:PassRole on the execution role" if action == "sagemaker:CreateModel" else ""
+        also = " and iam:PassRole on the execution role" if action in _PASSES_ROLE else ""
         return AwsPermissionDenied(
             f"Permission denied: {action} was refused{_detail(message)}. Grant {action}{also} to the identity "
             f"sagehost runs as; {IAM_POLICY_HINT}."

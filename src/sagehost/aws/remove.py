@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sagehost.aws import gateway, inventory
-from sagehost.aws.artifact import KEY_PREFIX
+from sagehost.aws.artifact import KEY_PREFIX, default_bucket
 from sagehost.aws.autoscale import ALARM_PREFIX, DIMENSION
+from sagehost.aws.invoke import ASYNC_INPUTS
 from sagehost.aws.session import Aws
 from sagehost.aws.spec import TAG_KEY
 
@@ -56,7 +57,7 @@ def find(aws: Aws, name: str, keep_archives: bool = False) -> Found:
     found.configs = inventory.configs_of(aws, name)
     found.models = inventory.models_of(aws, name)
     if not keep_archives:
-        found.archives = archives(aws, name, found.models)
+        found.archives = archives(aws, name, found.models) + async_inputs(aws, name)
     return found
 
 
@@ -111,3 +112,18 @@ def archives(aws: Aws, name: str, models: list[str]) -> list[tuple[str, str]]:
         if url.startswith("s3://") and key.startswith(f"{KEY_PREFIX}/{name}/") and (bucket, key) not in found:
             found.append((bucket, key))
     return found
+
+
+def async_inputs(aws: Aws, name: str) -> list[tuple[str, str]]:
+    """The payloads `sagehost invoke NAME --async` staged in the default bucket."""
+    bucket = default_bucket(aws)
+    params = {"Bucket": bucket, "Prefix": f"{KEY_PREFIX}/{name}/{ASYNC_INPUTS}/"}
+    found: list[tuple[str, str]] = []
+    while True:
+        page = aws.find("s3", "list_objects_v2", **params)
+        if page is None:  # no bucket: nothing was staged
+            return found
+        found += [(bucket, str(item["Key"])) for item in page.get("Contents", [])]
+        if not page.get("IsTruncated"):
+            return found
+        params["ContinuationToken"] = page["NextContinuationToken"]
