@@ -89,6 +89,19 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture
+def engine_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """podman behind a wrapper that writes down every command line it is given (and runs it)."""
+    real = shutil.which("podman")
+    assert real, "podman is missing: run scripts/setup-containers"
+    wrappers, log = tmp_path / "bin", tmp_path / "podman-calls.log"
+    wrappers.mkdir()
+    (wrappers / "podman").write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    (wrappers / "podman").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
 def ecr_tmp_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob("sagehost-ecr-*")}
 
@@ -97,7 +110,7 @@ def ecr_tmp_dirs() -> set[str]:
 
 
 def test_push_makes_the_repository_and_sends_a_docker_v2_manifest(
-    cloud: Cloud, ecr: reg.Registry, images: list[str], private_home: Path, tmp_path: Path
+    cloud: Cloud, ecr: reg.Registry, images: list[str], *, private_home: Path, engine_calls: Path, tmp_path: Path
 ) -> None:
     images.append(import_image(tmp_path / "tiny", "localhost/sagehost-push-tiny:1"))
     before = ecr_tmp_dirs()
@@ -122,13 +135,17 @@ def test_push_makes_the_repository_and_sends_a_docker_v2_manifest(
     # The login lived in a private directory, removed after; nothing in HOME or the runtime dir.
     assert ecr_tmp_dirs() == before
     assert [p for p in private_home.rglob("*") if p.is_file()] == []
+    # The password went in through stdin: no command line held it.
+    calls = engine_calls.read_text()
+    assert "login --authfile " in calls and f"--username AWS --password-stdin {ecr.host}" in calls
+    assert "push --authfile " in calls and "--tls-verify=false --format v2s2 --digestfile " in calls
 
     again = cloud.run("push", "localhost/sagehost-push-tiny:1", "--repository", "sagehost/tiny", "--tag", "v1")
 
     assert again.exit_code == 0, again.output
     assert "Creating ECR repository" not in again.output
     assert again.stdout.strip() == result.stdout.strip()
-    everything = "\n".join(cloud.outputs)
+    everything = "\n".join([*cloud.outputs, engine_calls.read_text()])
     for secret in SECRETS:
         assert secret not in everything
 
