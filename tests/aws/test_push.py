@@ -30,9 +30,10 @@ from moto.ecr.responses import ECRResponse
 
 import sagehost as sagehost_package
 from sagehost.aws.autoimage import LOCAL_NAME, REPOSITORY
-from sagehost.aws.errors import AwsOptionError, PreflightFailed
-from sagehost.aws.push import DOCKER_V2_MANIFEST, check_manifest, names
+from sagehost.aws.errors import AwsOptionError, AwsPermissionDenied, PreflightFailed
+from sagehost.aws.push import DOCKER_V2_MANIFEST, check_manifest, names, push_failed
 from sagehost.aws.session import Aws
+from sagehost.image.engine import Engine, EngineError
 from tests.aws import registry as reg
 from tests.aws.conftest import ACCESS_KEY_ID, ACCOUNT, ROLE_ARN, SECRET, TOKEN, Cloud
 
@@ -186,6 +187,31 @@ def test_the_default_repository_and_tag(
 def test_names_ecr_refuses_are_refused_first(repository: str, tag: str | None, says: str) -> None:
     with pytest.raises(AwsOptionError, match=says):
         names("my-model:1", repository, tag)
+
+
+@pytest.mark.parametrize(
+    ("last_line", "kind", "says"),
+    [
+        (
+            "Error: writing blob: initiating layer upload to /v2/x/blobs/uploads/ in 1.dkr.ecr.amazonaws.com: "
+            "unauthorized: authentication required",
+            AwsPermissionDenied,
+            "ecr:InitiateLayerUpload",
+        ),
+        ("no basic auth credentials", AwsPermissionDenied, "login expired or is missing"),
+        ("Error: writing blob: connection reset by peer", EngineError, "podman push of R failed: Error: writing"),
+    ],
+)
+def test_a_failed_push_says_why(last_line: str, kind: type[Exception], says: str) -> None:
+    error = push_failed(Engine("podman", "/usr/bin/podman"), "R", ["Copying blob sha256:0123", last_line])
+    assert type(error) is kind and says in str(error)
+
+
+def test_an_image_the_engine_does_not_hold(cloud: Cloud, ecr: reg.Registry) -> None:
+    result = cloud.run("push", "localhost/sagehost-push-nothing:1", "--builder", "podman")
+    assert result.exit_code == 1
+    assert "No image localhost/sagehost-push-nothing:1 in podman: build it first" in result.output
+    assert cloud.client("ecr").describe_repositories()["repositories"][0]["repositoryName"] == "sagehost-iris"
 
 
 def test_an_arm64_image_is_refused_before_anything_is_sent(

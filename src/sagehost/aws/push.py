@@ -224,12 +224,14 @@ def logged_in(aws: Aws, engine: Engine) -> Iterator[Registry]:
 
 
 def push_failed(engine: Engine, reference: str, last: list[str]) -> Exception:
-    detail = " / ".join(line for line in last[-3:] if line.strip())
+    said = [line.strip() for line in last if line.strip()]
+    detail = " / ".join([line for line in said if line.lower().startswith("error")] or said[-3:])
     if _UNAUTHORIZED.search(detail):
         return AwsPermissionDenied(
             f"ECR refused the push of {reference}: {detail}. The login expired or is missing, or this identity "
-            "lacks ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload, "
-            "ecr:BatchCheckLayerAvailability and ecr:PutImage on the repository."
+            "lacks ecr:BatchCheckLayerAvailability, ecr:InitiateLayerUpload, ecr:UploadLayerPart, "
+            "ecr:CompleteLayerUpload, ecr:PutImage and ecr:BatchGetImage on the repository "
+            "(https://docs.aws.amazon.com/AmazonECR/latest/userguide/image-push-iam.html)."
         )
     return EngineError(f"{engine.name} push of {reference} failed: {detail}")
 
