@@ -144,11 +144,12 @@ class _Supervisor:
 
     def spawn(self, slot: int) -> int:
         ready_fd = self.ready_w if slot != SIDECAR else -1
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                self._become_child(keep=ready_fd)
+                self._become_child(keep=ready_fd, parent=supervisor)
                 code = self.sidecar() if slot == SIDECAR and self.sidecar is not None else self.work(ready_fd)
             except BaseException:
                 log.exception("Worker %d crashed", os.getpid())
@@ -159,12 +160,12 @@ class _Supervisor:
             _signal([pid], signal.SIGTERM)
         return pid
 
-    def _become_child(self, keep: int) -> None:
+    def _become_child(self, keep: int, parent: int) -> None:
         """Drop what belongs to the supervisor: its signal handling and its fds."""
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)  # the worker installs its own once it serves
-        _stop_with_parent()
+        _stop_with_parent(parent)
         if self.responder is not None:
             self.responder.abandon()
         self.selector.close()
@@ -301,7 +302,7 @@ def _wake_only(signum: int, frame: FrameType | None) -> None:
     return None
 
 
-def _stop_with_parent() -> None:
+def _stop_with_parent(parent: int) -> None:
     """Ask Linux to SIGTERM this child when the supervisor dies (killed itself, say), so no
     orphaned worker keeps the port and serves on unsupervised. In a container they would die
     with it; on a host they would not. Elsewhere a no-op.
@@ -311,7 +312,9 @@ def _stop_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the supervisor died before the request took effect
+    # The supervisor died before the request took effect. (Not `getppid() == 1`: in a container
+    # the supervisor is PID 1.)
+    if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 

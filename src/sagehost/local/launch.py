@@ -137,6 +137,7 @@ def _relay(launched: Launched) -> None:
         if "Read-only file system" in line:
             launched.read_only_errors.append(line)
         print(f"[{launched.label}] {line}", file=sys.stderr, flush=True)
+    launched.process.stdout.close()  # at its end: the process has exited or closed it
 
 
 def ping(url: str) -> int | None:
