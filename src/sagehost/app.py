@@ -27,6 +27,7 @@ from sagehost.errors import (
     NotFound,
     SagehostError,
 )
+from sagehost.http.asgi import read_body
 from sagehost.service import Invocation, Service
 
 Scope = MutableMapping[str, Any]
@@ -38,7 +39,6 @@ ServiceFactory = Callable[[], Awaitable[Service]]
 log = logging.getLogger("sagehost.app")
 
 _HEALTHY = b'{"status":"healthy"}'
-_DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 class App:
@@ -113,7 +113,7 @@ class App:
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         service = self._ready()
-        body = await self._read_body(headers, receive)
+        body = await self._read_body(scope, receive)
         attributes = headers.get(contract.CUSTOM_ATTRIBUTES_HEADER)
         raw_query = scope.get("query_string", b"").decode("latin-1")
         method = _method(_query(scope).get("method"), attributes) if service.uses_methods else None
@@ -146,27 +146,12 @@ class App:
             raise ModelNotReady("The model is still loading; /ping answers 200 once it can predict.")
         return self.service
 
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.max_payload_bytes
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _drain(receive)
+        body = await read_body(scope["headers"], receive, limit)
+        if body is None:
             raise too_large(limit)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > limit:  # chunked bodies (Batch Transform with MaxPayloadInMB=0) have no length
-                if more:
-                    await _drain(receive)
-                raise too_large(limit)
-            chunks.append(chunk)
-            if not more:
-                break
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return body
 
     async def _error(self, send: Send, scope: Scope, exc: SagehostError) -> None:
         status, headers, body = error_answer(exc)
@@ -176,18 +161,6 @@ class App:
 def _allow(verb: str, allowed: str) -> None:
     if verb != allowed and not (allowed == "GET" and verb == "HEAD"):
         raise MethodNotAllowed(f"Use {allowed} here, not {verb}.")
-
-
-async def _drain(receive: Receive) -> None:
-    """Read and drop the rest of a refused body, up to a bound, so the 413 reaches the client:
-    closing with unread data makes the kernel reset the connection, and the client sees a
-    reset instead of the answer."""
-    dropped = 0
-    while dropped < _DRAIN_LIMIT:
-        message = await receive()
-        dropped += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
 
 
 def _method(from_query: str | None, attributes: str | None) -> Method | None:

@@ -1,10 +1,11 @@
-"""A real `sagehost serve` process, really trained models, a real socket."""
+"""A real `sagehost serve` process, really trained models, a real socket: what needs the process
+(workers, batching across connections, timeouts, capacity, signals, loading). The contract's
+routes, formats and errors are tested in process in tests/test_app.py."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import io
 import signal
 import time
 from collections.abc import Iterator
@@ -67,70 +68,6 @@ def test_ping_and_execution_parameters(demo: Server) -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("body", "content_type", "expected"),
-    [
-        (b"[5.1, 3.5, 1.4, 0.2]", "application/json", ["setosa"]),
-        (b"[[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]", "application/json", ["setosa", "virginica"]),
-        (b'{"data": [[5.1, 3.5, 1.4, 0.2]]}', "application/json", ["setosa"]),
-        (b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}', "application/json", {"predictions": ["setosa"]}),
-        (b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}', "application/json", {"predictions": ["setosa"]}),
-        (
-            b'{"dataframe_split": {"columns": ["petal_width", "petal_length", "sepal_width", "sepal_length"],'
-            b' "data": [[0.2, 1.4, 3.5, 5.1]]}}',
-            "application/json",
-            {"predictions": ["setosa"]},
-        ),
-        (
-            b'{"dataframe_records": [' + b'{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, '
-            b'"petal_width": 0.2}]}',
-            "application/json",
-            {"predictions": ["setosa"]},
-        ),
-        (
-            b'[{"petal_width": 0.2, "petal_length": 1.4, "sepal_width": 3.5, "sepal_length": 5.1}]',
-            "application/json",
-            ["setosa"],
-        ),
-        (b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n", "text/csv; charset=utf-8", ["setosa", "virginica"]),
-        (b"petal_width,petal_length,sepal_width,sepal_length\n0.2,1.4,3.5,5.1\n", "text/csv", ["setosa"]),
-        (b"[5.1, 3.5, 1.4, 0.2]\n[6.7, 3.0, 5.2, 2.3]\n", "application/jsonlines", ["setosa", "virginica"]),
-        (
-            b'{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}',
-            "application/octet-stream",
-            ["setosa"],
-        ),
-    ],
-)
-def test_every_content_type_and_json_shape(demo: Server, body: bytes, content_type: str, expected: Any) -> None:
-    response = demo.client.post("/invocations", content=body, headers={"content-type": content_type})
-    assert response.status_code == 200, response.text
-    assert response.json() == expected
-
-
-def test_npy_in_and_every_accept_out(demo: Server, iris_model: Any, iris_frame: pd.DataFrame) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, iris_frame.to_numpy()[:5])
-    headers = {"content-type": "application/x-npy"}
-    expected = iris_model.predict(iris_frame.iloc[:5]).tolist()
-    answers = {
-        accept: demo.client.post("/invocations", content=buffer.getvalue(), headers={**headers, "accept": accept})
-        for accept in ("application/json", "text/csv", "application/jsonlines", "application/x-npy", "*/*")
-    }
-    assert answers["application/json"].json() == expected
-    assert answers["*/*"].json() == expected
-    assert answers["text/csv"].text.splitlines() == expected
-    assert [line.strip('"') for line in answers["application/jsonlines"].text.splitlines()] == expected
-    assert np.load(io.BytesIO(answers["application/x-npy"].content)).tolist() == expected
-    assert answers["text/csv"].headers["content-type"] == "text/csv"
-
-
-def test_predictions_match_the_library_row_for_row(demo: Server, iris_model: Any, iris_frame: pd.DataFrame) -> None:
-    csv = iris_frame.to_csv(index=False, header=False).encode()
-    response = demo.client.post("/invocations?method=predict_proba", content=csv, headers={"content-type": "text/csv"})
-    assert np.allclose(response.json(), iris_model.predict_proba(iris_frame), rtol=1e-9)
-
-
 def test_concurrent_single_rows_match_the_library(demo: Server, iris_model: Any, iris_frame: pd.DataFrame) -> None:
     rows = iris_frame.to_numpy()
 
@@ -141,27 +78,6 @@ def test_concurrent_single_rows_match_the_library(demo: Server, iris_model: Any,
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, rows))
     assert answers == iris_model.predict(iris_frame).tolist()
-
-
-def test_method_by_query_or_custom_attributes_and_echo(demo: Server, iris_model: Any) -> None:
-    frame = pd.DataFrame([ROW])
-    by_query = demo.client.post("/invocations?method=predict_proba", json=[VALUES])
-    headers = {"X-Amzn-SageMaker-Custom-Attributes": "trace=1,method=predict_proba"}
-    by_header = demo.client.post("/invocations", json=[VALUES], headers=headers)
-    assert by_query.json() == by_header.json()
-    assert np.allclose(by_query.json(), iris_model.predict_proba(frame))
-    assert by_header.headers["x-amzn-sagemaker-custom-attributes"] == "trace=1,method=predict_proba"
-    decision = demo.client.post("/invocations?method=decision_function", json=[VALUES])
-    assert np.allclose(decision.json(), iris_model.decision_function(frame))
-
-
-def test_named_record_answers_labelled_probabilities(demo: Server, iris_model: Any) -> None:
-    response = demo.client.post("/invocations?method=predict_proba", json=ROW)
-    answer = response.json()
-    assert list(answer) == ["setosa", "versicolor", "virginica"]
-    assert np.allclose(list(answer.values()), iris_model.predict_proba(pd.DataFrame([ROW]))[0])
-    query = "&".join(f"{k}={v}" for k, v in ROW.items())
-    assert demo.client.get(f"/predict_parameters?{query}&method=predict_proba").json() == answer
 
 
 def test_target_name_prefixes_labels(picky_dir: Path, categorical_dir: Path, tmp_path: Path) -> None:

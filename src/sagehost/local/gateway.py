@@ -35,6 +35,7 @@ import httpx
 
 from sagehost import contract
 from sagehost.errors import PayloadTooLarge, StartupError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
+from sagehost.http.asgi import read_body
 from sagehost.http.limits import Limits as HttpLimits
 from sagehost.http.outbound import async_client, send_async
 from sagehost.http.server import HttpServer
@@ -160,14 +161,14 @@ class Gateway:
             return await self._relay("GET", path, None, headers, _PLATFORM_GETS[path])
         if method == "POST" and _INVOKE_PATH.match(path):
             limit = self.limits.payload_bytes
-            body = await _body(scope, receive, limit)
+            body = await read_body(scope["headers"], receive, limit)
             if body is None:
                 return _json(413, {"message": too_large(limit).message}, _CLOSE)  # the body stays unread
             query = scope.get("query_string", b"").decode("latin-1")
             target = "/invocations" + (f"?{query}" if query else "")
             return await self._relay("POST", target, body, headers, self.limits.timeout_s)
         if method == "POST" and (found := _ASYNC_PATH.match(path)):
-            inline = await _body(scope, receive, _ASYNC_INLINE_BYTES)
+            inline = await read_body(scope["headers"], receive, _ASYNC_INLINE_BYTES)
             if inline is None:  # the rest of the body stays unread: the connection closes
                 too_big = f"An inline Body is at most {_ASYNC_INLINE_BYTES} bytes: upload it to S3 instead."
                 return _validation(too_big, _CLOSE)
@@ -305,24 +306,6 @@ def listen(port: int) -> socket.socket:
 def gateway_server(gateway: Gateway) -> HttpServer:
     """sagehost's HTTP server for `gateway`, with its payload limit; `serve(sock)` runs it."""
     return HttpServer(gateway, HttpLimits(body_bytes=gateway.limits.payload_bytes), too_large=too_large)
-
-
-async def _body(scope: Message, receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None when it is over `limit` (by its declared length, unread)."""
-    declared = dict(scope["headers"]).get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # a chunked body has no declared length
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _store(config: AsyncConfig, job: _Job, uri: str, body: bytes, content_type: str) -> None:
