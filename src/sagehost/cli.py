@@ -345,6 +345,53 @@ def local_train(image: str | None, no_container: bool, hyper: tuple[str, ...], *
     _run_local(local_train, TrainRequest(None if no_container else image, hyperparameters=_env_pairs(hyper), **options))
 
 
+@local.command("transform")
+@click.argument("image", required=False)
+@click.option("--model-data", type=click.Path(path_type=Path, exists=True), help="model.tar.gz or a model dir.")
+@click.option("--input", "input_", required=True, metavar="FILE|DIR|S3_URI", help="Every file under it is one input.")
+@click.option("--output", required=True, metavar="DIR|S3_URI", help="Where each input's <name>.out goes.")
+@click.option("--content-type", help="The input's media type, sent with each request (e.g. text/csv).")
+@click.option("--accept", help="The answers' media type (e.g. text/csv, application/jsonlines) [the server's].")
+@click.option("--split-type", type=click.Choice(("None", "Line", "RecordIO")), default="None", show_default=True)
+@click.option("--strategy", type=click.Choice(("MultiRecord", "SingleRecord")), help="[the container's, else Multi].")
+@click.option("--max-payload-mb", type=click.IntRange(0, 100), help="Per request, 0-100; 0 streams [container's, 6].")
+@click.option("--concurrency", type=click.IntRange(0), help="Requests in flight [the container's, else 1].")
+@click.option("--assemble-with", type=click.Choice(("None", "Line")), default="None", show_default=True)
+@click.option("--input-filter", metavar="JSONPATH", help="The part of each record sent, e.g. $[1:] (CSV), $.features.")
+@click.option("--output-filter", metavar="JSONPATH", help="The part kept of each (joined) record, e.g. $[0,-1].")
+@click.option("--join-source", type=click.Choice(("None", "Input")), default="None", show_default=True)
+@click.option("--gzip", is_flag=True, help="The input files are gzip-compressed (CompressionType Gzip).")
+@click.option("--retries", type=click.IntRange(0, 3), default=3, show_default=True, help="InvocationsMaxRetries.")
+@click.option(
+    "--invocation-timeout", "invocation_timeout_s", type=click.IntRange(1, 3600), default=600, show_default=True
+)
+@click.option("--no-container", is_flag=True, help="Run `sagehost serve` directly, with the same env and checks.")
+@click.option("--builder", type=click.Choice(ENGINES), help="[docker if its daemon answers, else podman].")
+@click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Container environment.")
+@click.option("--startup-timeout", type=float, default=STARTUP_DEADLINE_S, show_default=True, help="Seconds to 200.")
+def local_transform(
+    image: str | None,
+    no_container: bool,
+    env_pairs: tuple[str, ...],
+    input_: str,
+    startup_timeout: float,
+    **options: Any,
+) -> None:
+    """A Batch Transform job over --input, as SageMaker runs it: <name>.out per file under --output."""
+    from sagehost.local.transform import TransformRequest, local_transform
+
+    if (image is None) == (not no_container):
+        raise click.UsageError("Give an IMAGE, or --no-container to run `sagehost serve` directly (not both).")
+    request = TransformRequest(
+        None if no_container else image,
+        input_,
+        env=_env_pairs(env_pairs),
+        startup_timeout_s=startup_timeout,
+        **options,
+    )
+    _run_local(local_transform, request)
+
+
 # The cloud half: push, deploy, endpoints, logs, delete, transform, gateway (boto3 only in sagehost.aws).
 _attach_aws(main)
 
