@@ -6,11 +6,13 @@ SagehostError                    500 internal_error
 │   ├── EmptyPayload             400 empty_payload
 │   ├── InvalidPayload           400 invalid_payload
 │   ├── SchemaMismatch           400 schema_mismatch      (missing field, wrong width, bad value)
-│   └── UnsupportedMethod        400 unsupported_method   (e.g. predict_proba on a regressor)
+│   ├── UnsupportedMethod        400 unsupported_method   (e.g. predict_proba on a regressor)
+│   └── ModelUnservable          400 model_unservable     (POST /models: the directory cannot be served)
 ├── UpstreamRejected             400 upstream_rejected    (proxy: the scoring server's 4xx)
 ├── NotFound                     404 not_found
 ├── MethodNotAllowed             405 method_not_allowed
 ├── NotAcceptable                406 not_acceptable       (Accept)
+├── ModelAlreadyLoaded           409 model_already_loaded (POST /models: that name is loaded)
 ├── RequestTimeout               408 request_timeout      (head or body too slow)
 ├── PayloadTooLarge              413 payload_too_large
 │   └── _RuntimeTooLarge         413 payload_too_large    (local/gateway.py: in InvokeEndpoint's words)
@@ -24,6 +26,7 @@ SagehostError                    500 internal_error
 ├── ModelNotReady                503 model_not_ready      (/ping before load completes)
 ├── Overloaded                   503 overloaded           (the bounded queue is full)
 ├── PredictionTimeout            504 prediction_timeout
+├── InsufficientMemory           507 insufficient_memory  (POST /models: over the models' memory budget)
 └── UpstreamTimeout              504 upstream_timeout     (proxy: no answer within --timeout)
 StartupError                     (not HTTP: the process exits with its paragraph)
 ├── ConfigError                  (a bad setting; the CLI answers it as a usage error, exit 2)
@@ -99,6 +102,12 @@ class UnsupportedMethod(RequestError):
     code = "unsupported_method"
 
 
+class ModelUnservable(RequestError):
+    """Multi-model: the directory POST /models names holds nothing sagehost can serve."""
+
+    code = "model_unservable"
+
+
 class NotFound(SagehostError):
     status = 404
     code = "not_found"
@@ -112,6 +121,13 @@ class MethodNotAllowed(SagehostError):
 class NotAcceptable(SagehostError):
     status = 406
     code = "not_acceptable"
+
+
+class ModelAlreadyLoaded(SagehostError):
+    """Multi-model: POST /models names a model that is loaded (or loading)."""
+
+    status = 409
+    code = "model_already_loaded"
 
 
 class RequestTimeout(SagehostError):
@@ -163,6 +179,14 @@ class Overloaded(SagehostError):
 class PredictionTimeout(SagehostError):
     status = 504
     code = "prediction_timeout"
+
+
+class InsufficientMemory(SagehostError):
+    """Multi-model: the model would not fit in the models' memory budget; SageMaker then unloads
+    models and retries (RFC 4918 §11.5, 507 Insufficient Storage)."""
+
+    status = 507
+    code = "insufficient_memory"
 
 
 class UpstreamRejected(SagehostError):
