@@ -15,7 +15,7 @@ from sagehost import codecs
 from sagehost.codecs import media
 from sagehost.config import Method, Settings
 from sagehost.errors import Overloaded, PredictionTimeout
-from sagehost.formats.arrays import require_method
+from sagehost.models.arrays import require_method
 from sagehost.models.schema import conform, conform_chunks
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, ModelThread, Outputs, Predictor, Rows, Shape
