@@ -19,7 +19,7 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from sagehost.models.sklearn import EstimatorModel
+from sagehost.models.estimator import EstimatorModel
 from sagehost.predictor import Rows
 
 
