@@ -9,7 +9,7 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, Rando
 from sklearn.linear_model import LogisticRegression
 
 from sagehost.config import Method
-from sagehost.models.sklearn import EstimatorModel
+from sagehost.models.estimator import EstimatorModel
 from sagehost.predictor import Rows
 
 Data = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]

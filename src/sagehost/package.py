@@ -12,9 +12,9 @@ import logging
 import tarfile
 from pathlib import Path
 
-from sagehost import formats
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
+from sagehost.models import registry
 
 log = logging.getLogger("sagehost.package")
 
@@ -41,7 +41,7 @@ def describe(model_dir: Path, settings: Settings) -> str:
     code = settings.replace(model_dir=model_dir).resolved_code_dir / settings.program
     if code.is_file():
         return f"code/{settings.program} (the AWS toolkit's hooks)"
-    found = formats.detect(model_dir, settings.flavor)
+    found = registry.detect(model_dir, settings.flavor)
     if found is not None:
         return f"{found.path.name} as {found.format.name} (pip install 'sagehost[{found.format.extra}]')"
     entries = [p for p in model_dir.iterdir() if not p.name.startswith(".")]
@@ -52,7 +52,7 @@ def describe(model_dir: Path, settings: Settings) -> str:
         )
     raise ModelLoadError(
         f"{model_dir} holds no model sagehost can serve. Expected: "
-        + "; ".join(f"{f.name}: {f.files}" for f in formats.FORMATS)
+        + "; ".join(f"{f.name}: {f.files}" for f in registry.FORMATS)
         + f"; or code/{settings.program}."
     )
 

@@ -13,7 +13,7 @@ import scipy.sparse
 from sklearn.linear_model import LogisticRegression
 
 from sagehost.errors import ModelLoadError
-from sagehost.formats.extras import require
+from sagehost.models.extras import require
 from tests.conftest import running, start_server
 from tests.integration.test_formats import data, onnx_from_sklearn, xgboost_json
 from tests.recordio_reference import dense, sparse

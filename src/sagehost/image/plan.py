@@ -65,13 +65,13 @@ def plan_image(
 
 def _from_model(model_dir: Path, settings: Settings, extras: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
     # Imported here: the formats import numpy, which the CLI must not load before thread limits are set.
-    from sagehost import formats
+    from sagehost.models import registry
     from sagehost.package import describe  # the same judgement `sagehost package` prints
 
     serves = describe(model_dir, settings)
     if (settings.replace(model_dir=model_dir).resolved_code_dir / settings.program).is_file():
         return extras or ("sklearn",), serves
-    found = formats.detect(model_dir, settings.flavor)
+    found = registry.detect(model_dir, settings.flavor)
     assert found is not None  # describe() raised otherwise
     return (found.format.extra, *extras), serves
 

@@ -1,7 +1,7 @@
 """Find and load what a model directory holds; zero code for the common cases.
 
 Order: the user's script (code/inference.py, or SAGEMAKER_PROGRAM in SAGEMAKER_SUBMIT_DIRECTORY),
-then a model artifact of any format in `sagehost.formats` (found from its files alone), then a
+then a model artifact of any format in `sagehost.models.registry` (found from its files alone), then a
 `model.tar.gz` (unpacked to scratch: the model dir may be read-only). A directory we cannot serve stops the
 process with one paragraph: what was found, what was expected, what to do.
 """
@@ -13,12 +13,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from sagehost import formats
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.pickles import from_object
+from sagehost.models import registry
+from sagehost.models.estimator import EstimatorModel
 from sagehost.models.script import ScriptHandler, call_hook, import_script
-from sagehost.models.sklearn import EstimatorModel
+from sagehost.models.sklearn import from_object
 from sagehost.predictor import Model
 
 log = logging.getLogger("sagehost.models")
@@ -46,9 +46,9 @@ def load_model(model_dir: Path, settings: Settings) -> Model:
     return found.load(settings)
 
 
-def find_model(model_dir: Path, settings: Settings) -> formats.Found:
+def find_model(model_dir: Path, settings: Settings) -> registry.Found:
     """The artifact to serve, unpacking a model.tar.gz when the directory has nothing else."""
-    found = formats.detect(model_dir, settings.flavor)
+    found = registry.detect(model_dir, settings.flavor)
     if found is not None:
         return found
     archive = model_dir / ARCHIVE
@@ -157,4 +157,4 @@ def _nothing_found(model_dir: Path, settings: Settings) -> str:
 
 
 def _expected() -> str:
-    return "; ".join(f"{f.name}: {f.files}" for f in formats.FORMATS)
+    return "; ".join(f"{f.name}: {f.files}" for f in registry.FORMATS)

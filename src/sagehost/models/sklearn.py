@@ -1,160 +1,90 @@
-"""scikit-learn estimators and Pipelines — and any object with `predict` — as a Model."""
+"""Pickled models (joblib, pickle or cloudpickle): scikit-learn estimators and Pipelines, any
+object with `predict`, and the native Boosters of XGBoost and LightGBM pickled whole."""
 
 from __future__ import annotations
 
-import dataclasses
+import pickle
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sagehost.config import METHODS, Method
+from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.arrays import require_method
-from sagehost.models import fast
-from sagehost.predictor import ColumnKind, ModelSpec, Outputs, Rows
+from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.files import model_files
+from sagehost.predictor import Model
+
+SUFFIXES = (".joblib", ".pkl", ".pickle")
+
+# Runtimes that start OpenMP or other thread pools when they predict: a worker forked after the
+# parent used one hangs on its first call, so such pickles load in each worker after fork.
+_THREADED_MODULES = (
+    b"xgboost",
+    b"lightgbm",
+    b"catboost",
+    b"torch",
+    b"onnxruntime",
+    b"sklearn.ensemble._hist_gradient_boosting",
+    b"sklearn.neighbors",
+    b"sklearn.cluster",
+)
+_SNIFF_LIMIT = 64 * 1024 * 1024
+_COMPRESSED = (b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x04\x22\x4d\x18")  # zlib gzip bz2 xz lz4
 
 
-class EstimatorModel:
-    """A Model over a fitted estimator: one call per batch, one array or DataFrame per batch."""
-
-    def __init__(self, estimator: Any, description: str, fast_path: bool = True) -> None:
-        if not callable(getattr(estimator, "predict", None)):
-            raise ModelLoadError(
-                f"{description} holds a {type(estimator).__name__}, which has no predict method. "
-                "Save the fitted estimator itself, or write code/inference.py with model_fn and predict_fn."
-            )
-        self._estimator = estimator
-        self._spec = describe(estimator, description)
-        self._fast = fast.compile_for(estimator, self._spec) if fast_path else None
-        if self._fast is not None:
-            self._spec = dataclasses.replace(self._spec, steady_cost=True)
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self._spec
-
-    @property
-    def uses_fast_path(self) -> bool:
-        return self._fast is not None
-
-    @property
-    def estimator(self) -> Any:
-        return self._estimator
-
-    def predict(self, rows: Rows, method: Method) -> Outputs:
-        require_method(method, self._spec)
-        values = rows.values
-        if self._fast is not None and isinstance(values, np.ndarray):
-            answer = self._fast.predict(values, method)
-            if answer is not None:
-                return answer
-        result: Outputs = getattr(self._estimator, method)(self.features(rows))
-        return result
-
-    def features(self, rows: Rows) -> Any:
-        """The estimator's input for a batch, built once for the whole batch."""
-        names = self._spec.feature_names
-        if names is not None:
-            import pandas as pd
-
-            return pd.DataFrame(rows.values, columns=list(names))
-        if isinstance(rows.values, np.ndarray):
-            return rows.values
-        return np.asarray(rows.values, dtype=object)
+def find(model_dir: Path) -> list[Path]:
+    return model_files(model_dir, *SUFFIXES)
 
 
-def describe(estimator: Any, description: str) -> ModelSpec:
-    names = getattr(estimator, "feature_names_in_", None)
-    feature_names = tuple(str(n) for n in names) if names is not None else None
-    n_features = getattr(estimator, "n_features_in_", None)
-    if feature_names is not None:
-        n_features = len(feature_names)
-    kinds = column_kinds(estimator, feature_names, n_features)
-    classes = getattr(estimator, "classes_", None)
-    numeric = kinds is None or all(k is ColumnKind.NUMBER for k in kinds)
-    return ModelSpec(
-        methods=frozenset(m for m in METHODS if _has_method(estimator, m)),
-        feature_names=feature_names,
-        n_features=int(n_features) if n_features is not None else None,
-        kinds=kinds,
-        classes=tuple(classes.tolist()) if isinstance(classes, np.ndarray) and classes.ndim == 1 else None,
-        sample=[[0.0] * int(n_features)] if numeric and n_features else None,
-        description=f"{description}: {_describe_type(estimator)}",
-    )
-
-
-def column_kinds(
-    estimator: Any, names: tuple[str, ...] | None, n_features: int | None
-) -> tuple[ColumnKind, ...] | None:
-    """Which input columns hold text, read from the fitted encoders that consume them."""
-    if n_features is None:
-        return None
-    text: set[int] = set()
-    first = _first_step(estimator)
-    if _encodes_text(first) and len(getattr(first, "categories_", ())) == n_features:
-        text = {i for i, cats in enumerate(first.categories_) if _is_text(cats)}
-    for transformer, columns in _column_transformers(first):
-        if _encodes_text(transformer):
-            text.update(_column_indices(columns, names, n_features))
-    if not text:
-        return None
-    return tuple(ColumnKind.TEXT if i in text else ColumnKind.NUMBER for i in range(n_features))
-
-
-def _first_step(estimator: Any) -> Any:
-    steps = getattr(estimator, "steps", None)
-    while steps:
-        estimator = steps[0][1]
-        steps = getattr(estimator, "steps", None)
-    return estimator
-
-
-def _column_transformers(step: Any) -> list[tuple[Any, Any]]:
-    fitted = getattr(step, "transformers_", None)
-    if not fitted:
-        return []
-    return [(t, cols) for _, t, cols in fitted if not isinstance(t, str)]
-
-
-def _encodes_text(transformer: Any) -> bool:
-    categories = getattr(transformer, "categories_", None)
-    if categories is not None:
-        return any(_is_text(c) for c in categories)
-    return any(_encodes_text(step) for _, step in getattr(transformer, "steps", []) or [])
-
-
-def _is_text(categories: Any) -> bool:
-    return isinstance(categories, np.ndarray) and categories.dtype.kind in "OUST"
-
-
-def _column_indices(columns: Any, names: tuple[str, ...] | None, n_features: int) -> list[int]:
-    if callable(columns):
-        return []
-    if isinstance(columns, (str, int)):
-        columns = [columns]
-    if isinstance(columns, slice):
-        return list(range(n_features))[columns]
-    result: list[int] = []
-    for i, column in enumerate(list(columns)):
-        if isinstance(column, (bool, np.bool_)):
-            if column:
-                result.append(i)
-        elif isinstance(column, (int, np.integer)):
-            result.append(int(column))
-        elif names is not None and str(column) in names:
-            result.append(names.index(str(column)))
-    return result
-
-
-def _has_method(estimator: Any, method: str) -> bool:
-    try:
-        return callable(getattr(estimator, method, None))
-    except AttributeError:  # available_if raises when e.g. SVC(probability=False)
+def fork_safe(path: Path) -> bool:
+    """Read the pickle's module names without running it; unknown (compressed, huge) is unsafe."""
+    if path.stat().st_size > _SNIFF_LIMIT:
         return False
+    data = path.read_bytes()
+    if data.startswith(_COMPRESSED):
+        return False
+    return not any(module in data for module in _THREADED_MODULES)
 
 
-def _describe_type(estimator: Any) -> str:
-    steps = getattr(estimator, "steps", None)
-    if steps:
-        return "Pipeline(" + " -> ".join(type(s).__name__ for _, s in steps) + ")"
-    return type(estimator).__name__
+def load(path: Path, settings: Settings) -> Model:
+    return from_object(load_pickle(path), path.name, settings)
+
+
+def load_pickle(path: Path) -> Any:
+    """joblib, pickle or cloudpickle: joblib's loader reads all three."""
+    joblib = require("joblib", "sklearn", f"{path.name} (a pickle)")
+    try:
+        return joblib.load(path)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            f"{path.name} needs the Python module {exc.name!r}, which is not installed. "
+            f"Install it in the image (for a format sagehost knows: pip install 'sagehost[all]'), "
+            f"or if it is your own code, ship it in code/ with an inference.py."
+        ) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"{path.name} could not be unpickled ({type(exc).__name__}). Was it written with joblib.dump "
+            "or pickle.dump, by the same library versions, and copied completely?"
+        ) from None
+
+
+def from_object(obj: Any, description: str, settings: Settings) -> Model:
+    """The Model for an unpickled object: native Boosters get their runtime's own path."""
+    from sagehost.models import lightgbm, xgboost
+    from sagehost.models.estimator import EstimatorModel
+
+    threads = threads_per_worker(settings.workers)
+    if xgboost.is_booster(obj):
+        return xgboost.booster_model(obj, description, threads)
+    if lightgbm.is_booster(obj):
+        return lightgbm.booster_model(obj, description, threads)
+    _limit_threads(obj, threads)
+    return EstimatorModel(obj, description, fast_path=settings.fast_path)
+
+
+def _limit_threads(estimator: Any, threads: int) -> None:
+    """XGBoost/LightGBM/CatBoost scikit-learn wrappers: one pool per worker, sized to its share."""
+    module = type(estimator).__module__.split(".")[0]
+    if module in ("xgboost", "lightgbm") and hasattr(estimator, "set_params"):
+        estimator.set_params(n_jobs=threads)
+    elif module == "catboost" and hasattr(estimator, "set_params"):
+        estimator.set_params(thread_count=threads)

@@ -16,9 +16,9 @@ import numpy as np
 
 from sagehost.config import Method, Settings
 from sagehost.errors import ModelLoadError, UnsupportedMethod
-from sagehost.formats.arrays import require_method
-from sagehost.formats.extras import require
-from sagehost.formats.files import model_files, zip_names
+from sagehost.models.arrays import require_method
+from sagehost.models.extras import require
+from sagehost.models.files import model_files, zip_names
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 GENMODEL_JAR = "h2o-genmodel.jar"

@@ -15,9 +15,9 @@ import numpy as np
 
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.arrays import Array, ArrayModel, flat
-from sagehost.formats.extras import require, threads_per_worker
-from sagehost.formats.files import model_files, zip_names
+from sagehost.models.arrays import Array, ArrayModel, flat
+from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.files import model_files, zip_names
 from sagehost.predictor import Model, ModelSpec, Outputs
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from sagehost.config import Settings
-from sagehost.formats.arrays import Array, gradient_boosted
-from sagehost.formats.extras import require, threads_per_worker
-from sagehost.formats.files import head, is_pickle, model_files
+from sagehost.models.arrays import Array, gradient_boosted
+from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.files import head, is_pickle, model_files
 from sagehost.predictor import Model
 
 CONTAINER_FILE = "xgboost-model"  # what SageMaker's built-in XGBoost algorithm saves
@@ -36,7 +36,7 @@ def load(path: Path, settings: Settings) -> Model:
     xgb = require("xgboost", "xgboost", f"{path.name} (an XGBoost model)")
     threads = threads_per_worker(settings.workers)
     if is_pickle(path):
-        from sagehost.formats.pickles import from_object, load_pickle
+        from sagehost.models.sklearn import from_object, load_pickle
 
         return from_object(load_pickle(path), path.name, settings)
     booster = xgb.Booster()

@@ -15,9 +15,9 @@ import numpy as np
 
 from sagehost.config import Method, Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats import pickles
-from sagehost.formats.arrays import flat, require_method
-from sagehost.formats.extras import require
+from sagehost.models import sklearn
+from sagehost.models.arrays import flat, require_method
+from sagehost.models.extras import require
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 MLMODEL = "MLmodel"
@@ -36,7 +36,7 @@ def fork_safe(model_dir: Path) -> bool:
     if re.search(r"^  sklearn:", text, re.MULTILINE) is None or match is None:
         return False
     pickled = model_dir / match.group(1)
-    return pickled.is_file() and pickles.fork_safe(pickled)
+    return pickled.is_file() and sklearn.fork_safe(pickled)
 
 
 def load(model_dir: Path, settings: Settings) -> Model:

@@ -13,9 +13,9 @@ import numpy as np
 
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.arrays import Array, gradient_boosted
-from sagehost.formats.extras import require, threads_per_worker
-from sagehost.formats.files import head, model_files
+from sagehost.models.arrays import Array, gradient_boosted
+from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.files import head, model_files
 from sagehost.predictor import Model
 
 _BINARY = ("binary", "cross_entropy", "xentropy")

@@ -16,12 +16,12 @@ import numpy as np
 
 from sagehost.config import Method, Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.arrays import flat, require_method
-from sagehost.formats.extras import require, threads_per_worker
-from sagehost.formats.files import model_files
+from sagehost.models.arrays import flat, require_method
+from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.files import model_files
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
-log = logging.getLogger("sagehost.formats")
+log = logging.getLogger("sagehost.models")
 
 _DTYPES: dict[str, Any] = {
     "tensor(float)": np.float32,

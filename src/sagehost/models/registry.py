@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sagehost.config import FLAVORS, Settings
 from sagehost.errors import ConfigError, ModelLoadError
-from sagehost.formats import catboost, h2o, lightgbm, mlflow, onnx, pickles, torchscript, xgboost
+from sagehost.models import catboost, h2o, lightgbm, mlflow, onnx, sklearn, torch, xgboost
 from sagehost.predictor import Model
 
 
@@ -37,12 +37,12 @@ def _never(path: Path) -> bool:
 
 FORMATS: tuple[Format, ...] = (
     Format("mlflow", "mlflow", mlflow.fork_safe, mlflow.find, mlflow.load, "an MLmodel file (MLflow model directory)"),
-    Format("sklearn", "sklearn", pickles.fork_safe, pickles.find, pickles.load, "*.joblib, *.pkl, *.pickle"),
+    Format("sklearn", "sklearn", sklearn.fork_safe, sklearn.find, sklearn.load, "*.joblib, *.pkl, *.pickle"),
     Format("xgboost", "xgboost", _never, xgboost.find, xgboost.load, "xgboost-model, *.ubj, *.bst, XGBoost *.json"),
     Format("lightgbm", "lightgbm", _never, lightgbm.find, lightgbm.load, "LightGBM text model *.txt"),
     Format("catboost", "catboost", _never, catboost.find, catboost.load, "*.cbm"),
     Format("onnx", "onnx", _never, onnx.find, onnx.load, "*.onnx"),
-    Format("torch", "torch", _never, torchscript.find, torchscript.load, "TorchScript *.pt, *.pth; torch.export *.pt2"),
+    Format("torch", "torch", _never, torch.find, torch.load, "TorchScript *.pt, *.pth; torch.export *.pt2"),
     Format("h2o", "h2o", _never, h2o.find, h2o.load, "H2O MOJO *.zip (with h2o-genmodel.jar beside it)"),
 )
 NAMES = tuple(f.name for f in FORMATS)

@@ -9,9 +9,9 @@ import numpy as np
 
 from sagehost.config import Method, Settings
 from sagehost.errors import ModelLoadError
-from sagehost.formats.arrays import flat, require_method
-from sagehost.formats.extras import require, threads_per_worker
-from sagehost.formats.files import model_files
+from sagehost.models.arrays import flat, require_method
+from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.files import model_files
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 _CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass", "MultiClassOneVsAll")

@@ -1,0 +1,160 @@
+"""scikit-learn estimators and Pipelines — and any object with `predict` — as a Model."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from sagehost.config import METHODS, Method
+from sagehost.errors import ModelLoadError
+from sagehost.models import fast
+from sagehost.models.arrays import require_method
+from sagehost.predictor import ColumnKind, ModelSpec, Outputs, Rows
+
+
+class EstimatorModel:
+    """A Model over a fitted estimator: one call per batch, one array or DataFrame per batch."""
+
+    def __init__(self, estimator: Any, description: str, fast_path: bool = True) -> None:
+        if not callable(getattr(estimator, "predict", None)):
+            raise ModelLoadError(
+                f"{description} holds a {type(estimator).__name__}, which has no predict method. "
+                "Save the fitted estimator itself, or write code/inference.py with model_fn and predict_fn."
+            )
+        self._estimator = estimator
+        self._spec = describe(estimator, description)
+        self._fast = fast.compile_for(estimator, self._spec) if fast_path else None
+        if self._fast is not None:
+            self._spec = dataclasses.replace(self._spec, steady_cost=True)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def uses_fast_path(self) -> bool:
+        return self._fast is not None
+
+    @property
+    def estimator(self) -> Any:
+        return self._estimator
+
+    def predict(self, rows: Rows, method: Method) -> Outputs:
+        require_method(method, self._spec)
+        values = rows.values
+        if self._fast is not None and isinstance(values, np.ndarray):
+            answer = self._fast.predict(values, method)
+            if answer is not None:
+                return answer
+        result: Outputs = getattr(self._estimator, method)(self.features(rows))
+        return result
+
+    def features(self, rows: Rows) -> Any:
+        """The estimator's input for a batch, built once for the whole batch."""
+        names = self._spec.feature_names
+        if names is not None:
+            import pandas as pd
+
+            return pd.DataFrame(rows.values, columns=list(names))
+        if isinstance(rows.values, np.ndarray):
+            return rows.values
+        return np.asarray(rows.values, dtype=object)
+
+
+def describe(estimator: Any, description: str) -> ModelSpec:
+    names = getattr(estimator, "feature_names_in_", None)
+    feature_names = tuple(str(n) for n in names) if names is not None else None
+    n_features = getattr(estimator, "n_features_in_", None)
+    if feature_names is not None:
+        n_features = len(feature_names)
+    kinds = column_kinds(estimator, feature_names, n_features)
+    classes = getattr(estimator, "classes_", None)
+    numeric = kinds is None or all(k is ColumnKind.NUMBER for k in kinds)
+    return ModelSpec(
+        methods=frozenset(m for m in METHODS if _has_method(estimator, m)),
+        feature_names=feature_names,
+        n_features=int(n_features) if n_features is not None else None,
+        kinds=kinds,
+        classes=tuple(classes.tolist()) if isinstance(classes, np.ndarray) and classes.ndim == 1 else None,
+        sample=[[0.0] * int(n_features)] if numeric and n_features else None,
+        description=f"{description}: {_describe_type(estimator)}",
+    )
+
+
+def column_kinds(
+    estimator: Any, names: tuple[str, ...] | None, n_features: int | None
+) -> tuple[ColumnKind, ...] | None:
+    """Which input columns hold text, read from the fitted encoders that consume them."""
+    if n_features is None:
+        return None
+    text: set[int] = set()
+    first = _first_step(estimator)
+    if _encodes_text(first) and len(getattr(first, "categories_", ())) == n_features:
+        text = {i for i, cats in enumerate(first.categories_) if _is_text(cats)}
+    for transformer, columns in _column_transformers(first):
+        if _encodes_text(transformer):
+            text.update(_column_indices(columns, names, n_features))
+    if not text:
+        return None
+    return tuple(ColumnKind.TEXT if i in text else ColumnKind.NUMBER for i in range(n_features))
+
+
+def _first_step(estimator: Any) -> Any:
+    steps = getattr(estimator, "steps", None)
+    while steps:
+        estimator = steps[0][1]
+        steps = getattr(estimator, "steps", None)
+    return estimator
+
+
+def _column_transformers(step: Any) -> list[tuple[Any, Any]]:
+    fitted = getattr(step, "transformers_", None)
+    if not fitted:
+        return []
+    return [(t, cols) for _, t, cols in fitted if not isinstance(t, str)]
+
+
+def _encodes_text(transformer: Any) -> bool:
+    categories = getattr(transformer, "categories_", None)
+    if categories is not None:
+        return any(_is_text(c) for c in categories)
+    return any(_encodes_text(step) for _, step in getattr(transformer, "steps", []) or [])
+
+
+def _is_text(categories: Any) -> bool:
+    return isinstance(categories, np.ndarray) and categories.dtype.kind in "OUST"
+
+
+def _column_indices(columns: Any, names: tuple[str, ...] | None, n_features: int) -> list[int]:
+    if callable(columns):
+        return []
+    if isinstance(columns, (str, int)):
+        columns = [columns]
+    if isinstance(columns, slice):
+        return list(range(n_features))[columns]
+    result: list[int] = []
+    for i, column in enumerate(list(columns)):
+        if isinstance(column, (bool, np.bool_)):
+            if column:
+                result.append(i)
+        elif isinstance(column, (int, np.integer)):
+            result.append(int(column))
+        elif names is not None and str(column) in names:
+            result.append(names.index(str(column)))
+    return result
+
+
+def _has_method(estimator: Any, method: str) -> bool:
+    try:
+        return callable(getattr(estimator, method, None))
+    except AttributeError:  # available_if raises when e.g. SVC(probability=False)
+        return False
+
+
+def _describe_type(estimator: Any) -> str:
+    steps = getattr(estimator, "steps", None)
+    if steps:
+        return "Pipeline(" + " -> ".join(type(s).__name__ for _, s in steps) + ")"
+    return type(estimator).__name__
