@@ -18,6 +18,8 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "default_accept": ("json", "text csv"),
     "default_method": ("fit",),
     "batch_mode": ("maybe",),
+    "multi_model": ("maybe",),
+    "model_memory_mb": ("0", "-5", "lots"),
     "batch_strategy": ("some",),
     "max_concurrent_transforms": ("0", "x"),
     "max_batch_rows": ("0", "x"),

@@ -67,6 +67,11 @@ class Settings:
     """Where `program` lives (`SAGEMAKER_SUBMIT_DIRECTORY`); default `<model_dir>/code`."""
     batch_mode: bool = False
     """Batch Transform (`SAGEMAKER_BATCH`)."""
+    multi_model: bool = False
+    """A multi-model endpoint (`SAGEMAKER_MULTI_MODEL`): no model at start; POST /models loads them."""
+    model_memory_mb: int | None = None
+    """Multi-model: MiB the loaded models may take, every worker's copy counted; past it POST
+    /models answers 507. Default: a share of the container's memory limit (sagehost.multimodel.budget)."""
     batch_strategy: BatchStrategy = "MULTI_RECORD"
     max_concurrent_transforms: int | None = None
     max_batch_rows: int = 64
@@ -488,6 +493,23 @@ SOURCES: tuple[Source, ...] = (
     Source("program", ("SAGEHOST_PROGRAM", "SAGEMAKER_PROGRAM"), _text, default=contract.DEFAULT_PROGRAM),
     Source("code_dir", ("SAGEHOST_CODE_DIR", "SAGEMAKER_SUBMIT_DIRECTORY"), _path, default="<model-dir>/code"),
     Source("batch_mode", ("SAGEHOST_BATCH", "SAGEMAKER_BATCH"), _bool, default="false"),
+    Source(
+        "multi_model",
+        ("SAGEHOST_MULTI_MODEL", "SAGEMAKER_MULTI_MODEL"),
+        _bool,
+        "--multi-model/--no-multi-model",
+        "Multi-model endpoint: start with no model; POST /models loads them, /models/NAME/invoke answers.",
+        "off",
+    ),
+    Source(
+        "model_memory_mb",
+        ("SAGEHOST_MODEL_MEMORY_MB",),
+        _whole(1),
+        "--model-memory-mb",
+        "Multi-model: MiB the loaded models may take (every worker's copy counted); past it, 507.",
+        "75% of the container's memory limit",
+        metavar="MIB",
+    ),
     Source(
         "batch_strategy", ("SAGEHOST_BATCH_STRATEGY", "SAGEMAKER_BATCH_STRATEGY"), _strategy, default="MULTI_RECORD"
     ),
