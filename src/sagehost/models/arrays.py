@@ -35,36 +35,6 @@ def require_method(method: str, spec: ModelSpec) -> None:
         raise UnsupportedMethod(unsupported(method, spec))
 
 
-def gradient_boosted(
-    predict: Callable[[Array], Array],
-    *,
-    n_classes: int | None,
-    names: tuple[str, ...] | None,
-    n_features: int,
-    description: str,
-    dtype: Any,
-) -> ArrayModel:
-    """A gradient-boosting Booster (XGBoost, LightGBM): `predict` as the Booster answers, and
-    `predict_proba` in scikit-learn's (n, classes) shape when its objective gives probabilities
-    (`n_classes` 2 for P(class 1) only, more for one column per class, None for none)."""
-    methods: dict[str, Callable[[Array], Outputs]] = {"predict": predict}
-    if n_classes == 2:
-        methods["predict_proba"] = lambda x: two_columns(predict(x))
-    elif n_classes is not None:
-        methods["predict_proba"] = predict
-    spec = ModelSpec(
-        methods=frozenset(methods),
-        feature_names=names,
-        n_features=n_features,
-        classes=tuple(range(n_classes)) if n_classes else None,
-        sample=[[0.0] * n_features],
-        fork_safe=False,
-        steady_cost=True,
-        description=description,
-    )
-    return ArrayModel(spec, methods, dtype)
-
-
 def unsupported(method: str, spec: ModelSpec) -> str:
     offered = ", ".join(sorted(spec.methods))
     return f"This model ({spec.description}) has no {method}; it offers: {offered}."

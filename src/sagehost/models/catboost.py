@@ -12,6 +12,7 @@ from sagehost.errors import ModelLoadError
 from sagehost.models.arrays import flat, require_method
 from sagehost.models.extras import require, threads_per_worker
 from sagehost.models.files import model_files
+from sagehost.models.format import Format
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 _CLASSIFIER_LOSSES = ("Logloss", "CrossEntropy", "MultiClass", "MultiClassOneVsAll")
@@ -65,3 +66,6 @@ class CatBoostModel:
         kind = _PREDICTION_TYPE.get(method, "Class" if self._classifier else "RawFormulaVal")
         out = self._model.predict(values, prediction_type=kind, thread_count=self._threads)
         return flat(np.asarray(out))
+
+
+FORMAT = Format("catboost", extra="catboost", files="*.cbm", find=find, load=load)

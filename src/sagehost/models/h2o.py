@@ -19,6 +19,7 @@ from sagehost.errors import ModelLoadError, UnsupportedMethod
 from sagehost.models.arrays import require_method
 from sagehost.models.extras import require
 from sagehost.models.files import model_files, zip_names
+from sagehost.models.format import Format
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 GENMODEL_JAR = "h2o-genmodel.jar"
@@ -120,3 +121,13 @@ class MojoScorer:
         raise UnsupportedMethod(
             f"H2O model category {self._category} is not served; binomial, multinomial and regression are."
         )
+
+
+FORMAT = Format(
+    "h2o",
+    extra="h2o",
+    files="H2O MOJO *.zip (with h2o-genmodel.jar beside it)",
+    find=find,
+    load=load,
+    system_packages=("default-jre-headless",),  # the JVM that runs h2o-genmodel.jar
+)

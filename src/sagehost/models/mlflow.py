@@ -18,6 +18,7 @@ from sagehost.errors import ModelLoadError
 from sagehost.models import sklearn
 from sagehost.models.arrays import flat, require_method
 from sagehost.models.extras import require
+from sagehost.models.format import Format
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 MLMODEL = "MLmodel"
@@ -116,3 +117,14 @@ def _is_text(data_type: Any) -> bool:
 
 def _array(out: Any) -> Outputs:
     return flat(np.asarray(out))
+
+
+FORMAT = Format(
+    "mlflow",
+    extra="mlflow",
+    files="an MLmodel file (MLflow model directory)",
+    find=find,
+    load=load,
+    fork_safe=fork_safe,
+    whole_directory=True,  # it holds its flavor's own files (a model.pkl …) as its parts
+)

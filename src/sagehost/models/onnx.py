@@ -19,6 +19,7 @@ from sagehost.errors import ModelLoadError
 from sagehost.models.arrays import flat, require_method
 from sagehost.models.extras import require, threads_per_worker
 from sagehost.models.files import model_files
+from sagehost.models.format import Format
 from sagehost.predictor import ColumnKind, Model, ModelSpec, Outputs, Rows
 
 log = logging.getLogger("sagehost.models")
@@ -157,3 +158,6 @@ def _is_probability(output: Any) -> bool:
 def _zipmap_to_array(out: list[dict[Any, float]], classes: tuple[Any, ...]) -> np.ndarray[Any, Any]:
     keys = classes or tuple(out[0].keys())
     return np.array([[row[k] for k in keys] for row in out], dtype=np.float64)
+
+
+FORMAT = Format("onnx", extra="onnx", files="*.onnx", find=find, load=load)

@@ -1,52 +1,34 @@
-"""Model formats sagehost serves with zero code, each recognised from its files alone.
+"""Every model format sagehost serves with zero code, and which one a directory holds.
 
-A Format names its install extra, whether its runtime survives a fork, how to find its
-artifacts in a directory (cheap: no heavy import), and how to load one into a Model. The
-registry order is only the order of the error messages; a directory that two formats claim
-is ambiguous unless `--flavor` / `SAGEHOST_FLAVOR` picks one.
+A format is one module ending with its FORMAT (see `sagehost.models.format`), listed here. The
+order is only the order of the messages; a directory that two formats claim is ambiguous unless
+`--flavor` / `SAGEHOST_FLAVOR` picks one. config.FLAVORS names them for the CLI (tests keep the
+two in step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sagehost.config import FLAVORS, Settings
+from sagehost.config import Settings
 from sagehost.errors import ConfigError, ModelLoadError
 from sagehost.models import catboost, h2o, lightgbm, mlflow, onnx, sklearn, torch, xgboost
+from sagehost.models.format import Format
 from sagehost.predictor import Model
 
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    extra: str
-    fork_safe: Callable[[Path], bool]
-    """Whether a loaded model of this file may be shared by forked workers (no OpenMP pool, JVM
-    or runtime threads started in the parent that a child would inherit half-alive)."""
-    find: Callable[[Path], list[Path]]
-    load: Callable[[Path, Settings], Model]
-    files: str
-    """What it is recognised by, for messages and the README."""
-
-
-def _never(path: Path) -> bool:
-    return False
-
-
 FORMATS: tuple[Format, ...] = (
-    Format("mlflow", "mlflow", mlflow.fork_safe, mlflow.find, mlflow.load, "an MLmodel file (MLflow model directory)"),
-    Format("sklearn", "sklearn", sklearn.fork_safe, sklearn.find, sklearn.load, "*.joblib, *.pkl, *.pickle"),
-    Format("xgboost", "xgboost", _never, xgboost.find, xgboost.load, "xgboost-model, *.ubj, *.bst, XGBoost *.json"),
-    Format("lightgbm", "lightgbm", _never, lightgbm.find, lightgbm.load, "LightGBM text model *.txt"),
-    Format("catboost", "catboost", _never, catboost.find, catboost.load, "*.cbm"),
-    Format("onnx", "onnx", _never, onnx.find, onnx.load, "*.onnx"),
-    Format("torch", "torch", _never, torch.find, torch.load, "TorchScript *.pt, *.pth; torch.export *.pt2"),
-    Format("h2o", "h2o", _never, h2o.find, h2o.load, "H2O MOJO *.zip (with h2o-genmodel.jar beside it)"),
+    mlflow.FORMAT,
+    sklearn.FORMAT,
+    xgboost.FORMAT,
+    lightgbm.FORMAT,
+    catboost.FORMAT,
+    onnx.FORMAT,
+    torch.FORMAT,
+    h2o.FORMAT,
 )
 NAMES = tuple(f.name for f in FORMATS)
-assert NAMES == FLAVORS, "config.FLAVORS names the formats for the CLI: keep the two in step"
+EXTRAS = tuple(dict.fromkeys(f.extra for f in FORMATS))
 
 
 @dataclass(frozen=True)
@@ -61,19 +43,23 @@ class Found:
     def load(self, settings: Settings) -> Model:
         return self.format.load(self.path, settings)
 
+    def __str__(self) -> str:
+        return f"{self.path.name} as {self.format.name} (pip install 'sagehost[{self.format.extra}]')"
+
 
 def detect(model_dir: Path, flavor: str | None) -> Found | None:
     """The one artifact to serve, or None when the directory holds no known model file."""
     if flavor is not None and flavor not in NAMES:
         raise ConfigError(f"Unknown flavor {flavor!r}. Choose one of: {', '.join(NAMES)}.")
     claims = {f.name: (f, paths) for f in FORMATS if (paths := f.find(model_dir))}
-    if "mlflow" in claims and flavor is None:
-        claims = {"mlflow": claims["mlflow"]}  # an MLflow directory holds its flavor's own files too
+    whole = [name for name, (f, _) in claims.items() if f.whole_directory]
+    if whole and flavor is None:
+        claims = {whole[0]: claims[whole[0]]}  # the other files are its parts
     if flavor is not None:
         if flavor not in claims:
             raise ModelLoadError(
                 f"--flavor {flavor} was asked for, but {model_dir} holds no {flavor} model "
-                f"(looked for {_format(flavor).files})."
+                f"(looked for {by_name(flavor).files})."
             )
         claims = {flavor: claims[flavor]}
     if not claims:
@@ -88,6 +74,15 @@ def detect(model_dir: Path, flavor: str | None) -> Found | None:
     return Found(fmt, _one(paths, fmt, model_dir))
 
 
+def expected() -> str:
+    """Every format and what it is recognised by, for messages."""
+    return "; ".join(f"{f.name}: {f.files}" for f in FORMATS)
+
+
+def by_name(name: str) -> Format:
+    return next(f for f in FORMATS if f.name == name)
+
+
 def _one(paths: list[Path], fmt: Format, model_dir: Path) -> Path:
     if len(paths) == 1:
         return paths[0]
@@ -99,7 +94,3 @@ def _one(paths: list[Path], fmt: Format, model_dir: Path) -> Path:
         f"{model_dir} holds several {fmt.name} model files ({names}) and none is named model.*. "
         "Keep one, or name the one to serve model.<ext>."
     )
-
-
-def _format(name: str) -> Format:
-    return next(f for f in FORMATS if f.name == name)

@@ -1,5 +1,6 @@
-"""Pickled models (joblib, pickle or cloudpickle): scikit-learn estimators and Pipelines, any
-object with `predict`, and the native Boosters of XGBoost and LightGBM pickled whole."""
+"""The sklearn format: pickled models (joblib, pickle or cloudpickle) — scikit-learn estimators
+and Pipelines, any object with `predict`, and the native Boosters of XGBoost and LightGBM
+pickled whole. `from_object` also serves what a script's model_fn returns."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from typing import Any
 
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
+from sagehost.models import boosters
+from sagehost.models.estimator import EstimatorModel
 from sagehost.models.extras import require, threads_per_worker
 from sagehost.models.files import model_files
+from sagehost.models.format import Format
 from sagehost.predictor import Model
 
 SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -69,14 +73,10 @@ def load_pickle(path: Path) -> Any:
 
 def from_object(obj: Any, description: str, settings: Settings) -> Model:
     """The Model for an unpickled object: native Boosters get their runtime's own path."""
-    from sagehost.models import lightgbm, xgboost
-    from sagehost.models.estimator import EstimatorModel
-
     threads = threads_per_worker(settings.workers)
-    if xgboost.is_booster(obj):
-        return xgboost.booster_model(obj, description, threads)
-    if lightgbm.is_booster(obj):
-        return lightgbm.booster_model(obj, description, threads)
+    booster = boosters.adopt(obj, description, threads)
+    if booster is not None:
+        return booster
     _limit_threads(obj, threads)
     return EstimatorModel(obj, description, fast_path=settings.fast_path)
 
@@ -88,3 +88,13 @@ def _limit_threads(estimator: Any, threads: int) -> None:
         estimator.set_params(n_jobs=threads)
     elif module == "catboost" and hasattr(estimator, "set_params"):
         estimator.set_params(thread_count=threads)
+
+
+FORMAT = Format(
+    "sklearn",
+    extra="sklearn",
+    files="*.joblib, *.pkl, *.pickle",
+    find=find,
+    load=load,
+    fork_safe=fork_safe,
+)

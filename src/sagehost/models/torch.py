@@ -18,6 +18,7 @@ from sagehost.errors import ModelLoadError
 from sagehost.models.arrays import Array, ArrayModel, flat
 from sagehost.models.extras import require, threads_per_worker
 from sagehost.models.files import model_files, zip_names
+from sagehost.models.format import Format
 from sagehost.predictor import Model, ModelSpec, Outputs
 
 
@@ -70,3 +71,6 @@ def _share_cores(torch: Any, threads: int) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # allowed once per process, before any parallel work
         torch.set_num_interop_threads(1)
+
+
+FORMAT = Format("torch", extra="torch", files="TorchScript *.pt, *.pth; torch.export *.pt2", find=find, load=load)

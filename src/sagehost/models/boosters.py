@@ -1,0 +1,124 @@
+"""Native XGBoost and LightGBM Boosters as Models, however they were loaded: from their own
+files (the xgboost and lightgbm formats), unpickled (the sklearn format), or from a model_fn.
+
+A Booster answers `predict` as Booster.predict does (and as SageMaker's XGBoost container
+does: probabilities for binary:logistic); `predict_proba` gives scikit-learn's (n, classes)
+shape for the objectives that give probabilities. XGBoost calls use `inplace_predict`: no
+DMatrix per batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sagehost.models.arrays import Array, ArrayModel, two_columns
+from sagehost.predictor import Model, ModelSpec, Outputs
+
+_XGBOOST_BINARY = ("binary:logistic",)
+_XGBOOST_MULTI_PROBA = ("multi:softprob",)
+_LIGHTGBM_BINARY = ("binary", "cross_entropy", "xentropy")
+_LIGHTGBM_MULTICLASS = ("multiclass", "softmax", "multiclassova", "ova")
+
+
+def adopt(obj: Any, description: str, threads: int) -> Model | None:
+    """The Model for a native Booster; None for any other object."""
+    if _is_booster(obj, "xgboost"):
+        return xgboost(obj, description, threads)
+    if _is_booster(obj, "lightgbm"):
+        return lightgbm(obj, description, threads)
+    return None
+
+
+def xgboost(booster: Any, description: str, threads: int) -> Model:
+    booster.set_param({"nthread": threads})
+    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    n_features = booster.num_features()
+    names = tuple(booster.feature_names) if booster.feature_names else None
+
+    def predict(x: Array) -> Array:
+        out: Array = booster.inplace_predict(x)
+        return out
+
+    n_classes = None
+    if objective in _XGBOOST_BINARY:
+        n_classes = 2
+    elif objective in _XGBOOST_MULTI_PROBA:
+        n_classes = _num_class(booster)
+    return _gradient_boosted(
+        predict,
+        n_classes=n_classes,
+        names=names,
+        n_features=n_features,
+        description=f"{description}: XGBoost Booster ({objective})",
+        dtype=np.float32,
+    )
+
+
+def lightgbm(booster: Any, description: str, threads: int) -> Model:
+    objective = str(booster.params.get("objective") or booster.dump_model(num_iteration=0)["objective"])
+    objective = objective.split(maxsplit=1)[0]
+    n_features = booster.num_feature()
+    names = tuple(booster.feature_name())
+    if all(name == f"Column_{i}" for i, name in enumerate(names)):
+        names = ()  # LightGBM's own placeholder names: the user gave none
+
+    def predict(x: Array) -> Array:
+        out: Array = booster.predict(x, num_threads=threads)
+        return out
+
+    n_classes = None
+    if objective in _LIGHTGBM_BINARY:
+        n_classes = 2
+    elif objective in _LIGHTGBM_MULTICLASS:
+        n_classes = booster.num_model_per_iteration()
+    return _gradient_boosted(
+        predict,
+        n_classes=n_classes,
+        names=names or None,
+        n_features=n_features,
+        description=f"{description}: LightGBM Booster ({objective})",
+        dtype=np.float64,
+    )
+
+
+def _gradient_boosted(
+    predict: Callable[[Array], Array],
+    *,
+    n_classes: int | None,
+    names: tuple[str, ...] | None,
+    n_features: int,
+    description: str,
+    dtype: Any,
+) -> ArrayModel:
+    """`predict` as the Booster answers, and `predict_proba` in scikit-learn's (n, classes) shape
+    when its objective gives probabilities (`n_classes` 2 for P(class 1) only, more for one
+    column per class, None for none)."""
+    methods: dict[str, Callable[[Array], Outputs]] = {"predict": predict}
+    if n_classes == 2:
+        methods["predict_proba"] = lambda x: two_columns(predict(x))
+    elif n_classes is not None:
+        methods["predict_proba"] = predict
+    spec = ModelSpec(
+        methods=frozenset(methods),
+        feature_names=names,
+        n_features=n_features,
+        classes=tuple(range(n_classes)) if n_classes else None,
+        sample=[[0.0] * n_features],
+        fork_safe=False,
+        steady_cost=True,
+        description=description,
+    )
+    return ArrayModel(spec, methods, dtype)
+
+
+def _num_class(booster: Any) -> int:
+    config = json.loads(booster.save_config())
+    return int(config["learner"]["learner_model_param"]["num_class"])
+
+
+def _is_booster(obj: Any, library: str) -> bool:
+    return type(obj).__module__.startswith(library) and type(obj).__name__ == "Booster"
