@@ -21,6 +21,7 @@ SagehostError                    500 internal_error
 ├── ModelError                   500 model_error          (the model or a user hook raised)
 │   └── HookError                    its exception's status_code, else 500 (models/script.py)
 ├── InternalError                500 internal_error       (a bug of ours; traceback to the log only)
+├── UnsupportedTransferCoding    501 not_implemented      (a Transfer-Encoding other than chunked)
 ├── UpstreamUnavailable          502 upstream_unavailable (proxy: down, refused, or its 5xx)
 ├── UpstreamTooLarge             502 upstream_too_large   (proxy: its answer is over the cap)
 ├── ModelNotReady                503 model_not_ready      (/ping before load completes)
@@ -164,6 +165,13 @@ class InternalError(SagehostError):
 
     status = 500
     code = "internal_error"
+
+
+class UnsupportedTransferCoding(SagehostError):
+    """A Transfer-Encoding other than chunked (RFC 9112 §6.1)."""
+
+    status = 501
+    code = "not_implemented"
 
 
 class ModelNotReady(SagehostError):

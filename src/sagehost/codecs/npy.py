@@ -35,6 +35,8 @@ def decode_npy(body: bytes, width: int | None = None) -> Table:
     if any(d < 0 for d in shape):
         raise InvalidPayload("The .npy header declares a negative dimension.")
     rows, columns = (1, shape[0]) if len(shape) == 1 else shape
+    if columns == 0 and rows > 1:
+        raise InvalidPayload(f"The .npy header declares {rows:,} rows of no values; each row needs at least one.")
     count = rows * columns
     needed, present = count * dtype.itemsize, len(body) - stream.tell()
     if needed > present:

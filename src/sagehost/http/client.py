@@ -131,6 +131,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._head_room = _MAX_HEAD
         self._in_body = False  # the current answer's head is complete
+        self._framing = 0  # bytes read in a row past the head with no body in them: chunk lines, trailers
         self._response: Response | None = None  # complete, handed on once the bytes read are parsed
         self._failure: SagehostError | None = None
         self._counted = False
@@ -168,7 +169,16 @@ class _Connection(asyncio.Protocol):
             return
         try:
             if self._in_body:
+                before = self._body_size
                 self._parser.feed_data(data)
+                if self._response is None and self._in_body:
+                    self._framing = 0 if self._body_size != before else self._framing + len(data)
+                    if self._framing > _MAX_HEAD:
+                        self._failure = UpstreamUnavailable(
+                            "The scoring server's answer has chunk lines or trailer fields over 64 KiB; "
+                            "the connection was dropped."
+                        )
+                        raise _Stop
             elif len(data) <= self._head_room:
                 self._head_room -= len(data)
                 self._parser.feed_data(data)
@@ -224,6 +234,8 @@ class _Connection(asyncio.Protocol):
             raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:
+            return  # a trailer field
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:

@@ -49,7 +49,14 @@ import httptools
 
 from sagehost import contract, supervisor
 from sagehost.answers import too_large
-from sagehost.errors import HeaderTooLarge, PayloadTooLarge, RequestError, RequestTimeout, SagehostError
+from sagehost.errors import (
+    HeaderTooLarge,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
+    SagehostError,
+    UnsupportedTransferCoding,
+)
 from sagehost.http.limits import Limits
 
 log = logging.getLogger("sagehost.http")
@@ -99,6 +106,28 @@ def _refusal(error: SagehostError) -> Request:
     return request
 
 
+def _framing_refusal(request: Request) -> SagehostError | None:
+    """What llhttp lets through and RFC 9112 §6.1 does not: Transfer-Encoding on HTTP/1.0 (faulty
+    framing: the connection must close) and a coding other than chunked alone (501)."""
+    codings = [value.strip().lower() for name, value in request.headers if name == b"transfer-encoding"]
+    if not codings:
+        return None
+    if request.version == "1.0":
+        return RequestError("Transfer-Encoding is HTTP/1.1's; an HTTP/1.0 request gives its body a Content-Length.")
+    if b",".join(codings).replace(b" ", b"") != b"chunked":
+        return UnsupportedTransferCoding(
+            "The only Transfer-Encoding this server reads is chunked; send the body plain."
+        )
+    return None
+
+
+def _expects_continue(request: Request) -> bool:
+    """RFC 9110 §10.1.1: `Expect: 100-continue` (any case), never answered to HTTP/1.0."""
+    return request.version != "1.0" and any(
+        name == b"expect" and value.lower() == b"100-continue" for name, value in request.headers
+    )
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -109,7 +138,12 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
+        self._buffer: bytearray | None = None  # a body in several pieces, gathered in one buffer
         self._size = 0
+        self._framing = 0  # non-body bytes read in a row inside a body: chunk lines, trailers
+        self._continue_due = False
+        self._closed_at: float | None = None
+        self._queue_cap = min(_MAX_QUEUED_BYTES, server.limits.body_bytes)
         self._current: Request | None = None
         self._queue: deque[Request] = deque()
         self._queued_bytes = 0
@@ -146,7 +180,7 @@ class Connection(asyncio.Protocol):
         if self._refused:
             self._discard(len(data))  # lingering, or an error is queued: what follows is dropped unread
             return
-        began, was_head = self._began, self._phase == _HEAD
+        began, was_head, body_before = self._began, self._phase == _HEAD, self._size
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -160,6 +194,13 @@ class Connection(asyncio.Protocol):
             self._head_raw = self._head_raw + len(data) if was_head and began == self._began else 0
             if self._head_raw > self._limits.header_bytes:
                 self._refuse(self._head_too_large())
+        elif self._phase == _BODY and not self._refused:
+            if began == self._began and self._size == body_before:
+                self._framing += len(data)
+                if self._framing > self._limits.header_bytes:
+                    self._refuse(RequestError("The chunked body's chunk lines or trailer fields are too large."))
+            else:
+                self._framing = 0
 
     def pause_writing(self) -> None:
         """The client is not reading its answers: stop working for it until it does."""
@@ -174,7 +215,9 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self._transport is not None:
-            self._transport.close()
+            self._transport.close()  # waits for the buffer to drain: `due` bounds how long
+            if self._closed_at is None:
+                self._closed_at = self._loop.time()
 
     # ---- parser callbacks (httptools calls these by name) --------------------------------------
 
@@ -182,7 +225,9 @@ class Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._chunks = []
+        self._buffer = None
         self._size = 0
+        self._framing = 0
         self._phase = _HEAD
         self._began += 1
         self._head_started = self._loop.time()
@@ -194,6 +239,8 @@ class Connection(asyncio.Protocol):
         self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._phase != _HEAD:
+            return  # a chunked body's trailer field: not part of the request's head
         self._head_size += len(name) + len(value) + 4
         if self._head_size <= self._limits.header_bytes:
             self._headers.append((name.lower(), value))
@@ -207,6 +254,10 @@ class Connection(asyncio.Protocol):
         parser = self._parser
         request = Request(parser.get_method().decode("ascii"), self._url, self._headers, parser.get_http_version())
         request.keep_alive = parser.should_keep_alive()
+        refusal = _framing_refusal(request)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         if parser.should_upgrade() and not self._upgrade(request):
             return
         self._current = request
@@ -214,8 +265,13 @@ class Connection(asyncio.Protocol):
         self._body_started = self._body_last = self._loop.time()
         if self._declared_length() > self._limits.body_bytes:
             self._refuse(self._too_large())  # answered before a byte of it is read
-        elif (b"expect", b"100-continue") in self._headers and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif request.version != "1.0" and any(
+            n == b"expect" and v.lower() == b"100-continue" for n, v in self._headers
+        ):
+            if self.busy or self._queue:
+                self._continue_due = True  # written in its turn, once the answers before it are
+            elif self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._refused:
@@ -225,7 +281,13 @@ class Connection(asyncio.Protocol):
         if self._size > self._limits.body_bytes:
             self._refuse(self._too_large())  # a chunked body with no length, past the limit
             return
-        self._chunks.append(body)
+        if self._buffer is not None:
+            self._buffer += body
+        elif self._chunks:
+            self._buffer = bytearray(self._chunks.pop())
+            self._buffer += body
+        else:
+            self._chunks.append(body)
 
     def on_message_complete(self) -> None:
         self._phase = _BETWEEN
@@ -234,8 +296,9 @@ class Connection(asyncio.Protocol):
             return  # refused
         self._current = None
         chunks = self._chunks
-        request.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
+        request.body = bytes(self._buffer) if self._buffer is not None else (chunks[0] if chunks else b"")
+        self._chunks, self._buffer = [], None
+        self._continue_due = False
         self._enqueue(request)
 
     # ---- refusals: answered in their turn, then the connection closes ----------------------------
@@ -250,7 +313,7 @@ class Connection(asyncio.Protocol):
         # a reset), not so much that a client that never stops keeps us reading.
         self._discard_left = _DISCARD_BODY if isinstance(error, PayloadTooLarge) else _DISCARD
         self._current = None
-        self._chunks = []
+        self._chunks, self._buffer = [], None
         self._enqueue(_refusal(error))
 
     def _upgrade(self, request: Request) -> bool:
@@ -290,7 +353,7 @@ class Connection(asyncio.Protocol):
     def _enqueue(self, request: Request) -> None:
         self._queue.append(request)
         self._queued_bytes += len(request.body)
-        if len(self._queue) >= _MAX_QUEUED or self._queued_bytes >= _MAX_QUEUED_BYTES:
+        if len(self._queue) >= _MAX_QUEUED or self._queued_bytes >= self._queue_cap:
             self._pause_reading()
         if not self.busy:
             self._next()
@@ -306,7 +369,7 @@ class Connection(asyncio.Protocol):
             and self._transport is not None
             and self._writing_paused_at is None
             and len(self._queue) < _MAX_QUEUED // 2
-            and self._queued_bytes < _MAX_QUEUED_BYTES // 2
+            and self._queued_bytes < self._queue_cap // 2
         ):
             self._reading_paused = False
             self._transport.resume_reading()
@@ -320,6 +383,9 @@ class Connection(asyncio.Protocol):
                 if self._server.stopping:
                     self.close()
                 self._quiet_since = self._loop.time()
+                if self._continue_due and self._transport is not None:
+                    self._continue_due = False
+                    self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         request = self._queue.popleft()
         self._queued_bytes -= len(request.body)
@@ -398,7 +464,7 @@ class Connection(asyncio.Protocol):
         if self._discard_left > 0 or self._transport is None:
             return
         if self._linger_until is not None:
-            self._transport.close()  # our answer is written; the client is not listening
+            self.close()  # our answer is written; the client is not listening
         else:
             self._pause_reading()  # answers before the refusal are still to be written
 
@@ -412,6 +478,8 @@ class Connection(asyncio.Protocol):
     def due(self) -> float:
         """When this connection has waited too long in its present state (inf: never)."""
         limits = self._limits
+        if self._closed_at is not None:
+            return self._closed_at + limits.body_timeout_s  # a client that never reads our last answer
         if self._linger_until is not None:
             return self._linger_until
         if self._writing_paused_at is not None:
@@ -435,8 +503,11 @@ class Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        if self._closed_at is not None:
+            transport.abort()
+            return
         if self._linger_until is not None or self._writing_paused_at is not None or self._phase == _BETWEEN:
-            transport.abort() if self._writing_paused_at is not None else transport.close()
+            transport.abort() if self._writing_paused_at is not None else self.close()
             return
         what = "headers" if self._phase == _HEAD else "body"
         self._refuse(

@@ -164,7 +164,7 @@ def _convert(cell: Any, kind: str | None, name: str, row: int) -> Any:
     if not text:
         return None
     if kind == "int":
-        if _INT.fullmatch(text):
+        if _INT.fullmatch(text) and len(text) <= 4000:  # int() refuses over 4,300 digits (ValueError)
             return int(text)  # "007" is 7: declared a number, it is one
         whole = _number(text)
         if whole is not None and whole.is_integer():
