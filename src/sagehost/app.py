@@ -3,7 +3,8 @@
 A bare ASGI callable rather than a framework: at tens of thousands of requests a second the
 framework's per-request routing and Request objects are a measurable share of the time.
 
-Routes: GET /ping, POST /invocations, GET /execution-parameters, GET /predict_parameters.
+Routes: GET /ping, POST /invocations, GET /execution-parameters, GET /predict_parameters;
+on a multi-model server also /models and its sub-paths (sagehost.multimodel).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +31,9 @@ from sagehost.errors import (
 from sagehost.http.asgi import read_body
 from sagehost.service import Invocation, Service
 
+if TYPE_CHECKING:  # the multi-model package imports the server, which imports this module
+    from sagehost.multimodel.routes import Routes
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -42,9 +46,10 @@ _HEALTHY = b'{"status":"healthy"}'
 
 
 class App:
-    def __init__(self, settings: Settings, load_service: ServiceFactory) -> None:
+    def __init__(self, settings: Settings, load_service: ServiceFactory, models: Routes | None = None) -> None:
         self.settings = settings
         self.service: Service | None = None
+        self.models = models
         self.failed = False
         self._load_service = load_service
         self._execution_parameters = orjson.dumps(
@@ -94,6 +99,8 @@ class App:
             elif path == "/predict_parameters":
                 _allow(verb, "GET")
                 await self._predict_parameters(scope, send)
+            elif self.models is not None and (path == "/models" or path.startswith("/models/")):
+                await self._models(scope, receive, send)
             else:
                 raise NotFound(f"No route {path[:100]!r}. This server answers GET /ping and POST /invocations.")
         except SagehostError as exc:
@@ -110,9 +117,9 @@ class App:
             raise ModelNotReady("The scoring server is not answering its health check; /ping turns 200 when it does.")
         await _respond(send, scope, 200, _HEALTHY, JSON)
 
-    async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _invocations(self, scope: Scope, receive: Receive, send: Send, service: Service | None = None) -> None:
         headers = _headers(scope)
-        service = self._ready()
+        service = self._ready() if service is None else service
         body = await self._read_body(scope, receive)
         attributes = headers.get(contract.CUSTOM_ATTRIBUTES_HEADER)
         raw_query = scope.get("query_string", b"").decode("latin-1")
@@ -140,6 +147,19 @@ class App:
         invocation = Invocation(orjson.dumps(query), media.JSON, media.JSON, _method(method, None))
         reply = await service.invoke(invocation)
         await _respond(send, scope, 200, reply.body, [(b"content-type", reply.content_type.encode("latin-1"))])
+
+    async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The multi-model API; POST /models/NAME/invoke is answered as /invocations is."""
+        assert self.models is not None
+        verb, path = scope["method"], scope["path"]
+        name = self.models.invoked(path)
+        if name is not None:
+            _allow(verb, "POST")
+            await self._invocations(scope, receive, send, self.models.service(name))
+            return
+        body = await self._read_body(scope, receive) if verb == "POST" else b""
+        status, answer = await self.models.manage(verb, path, _query(scope), body)
+        await _respond(send, scope, status, answer, JSON)
 
     def _ready(self) -> Service:
         if self.service is None:

@@ -111,6 +111,8 @@ SERVE_FLAGS = (
     "--inline-below-us",
     "--preload/--no-preload",
     "--fast-path/--no-fast-path",
+    "--multi-model/--no-multi-model",
+    "--model-memory-mb",
     "--log-level",
     *HTTP_LIMITS,
 )

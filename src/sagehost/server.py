@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagehost import codecs, supervisor
 from sagehost.app import App, ServiceFactory
@@ -38,6 +38,9 @@ from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, InThread, Model, Table
 from sagehost.service import RowService, ScriptService, Service
 
+if TYPE_CHECKING:
+    from sagehost.multimodel.routes import Routes
+
 log = logging.getLogger("sagehost.server")
 
 STARTUP_FAILED = supervisor.STARTUP_FAILED
@@ -52,6 +55,10 @@ def serve(settings: Settings) -> int:
         report_startup_failure(ConfigError(f"Cannot listen on {settings.host}:{settings.port} ({exc.strerror})."))
         return 1
     log.info("Listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
+    if settings.multi_model:  # no model at start: POST /models loads them
+        from sagehost.multimodel.host import serve_models
+
+        return serve_models(sock, settings)
     preloaded: Loaded | None = None
     try:
         if settings.workers == 1 or _preload(settings):
@@ -156,10 +163,15 @@ def run_worker(sock: socket.socket, settings: Settings, loaded: Loaded) -> int:
 
 
 def run_app(
-    sock: socket.socket, settings: Settings, load_service: ServiceFactory, connection: ConnectionType | None = None
+    sock: socket.socket,
+    settings: Settings,
+    load_service: ServiceFactory,
+    connection: ConnectionType | None = None,
+    models: Routes | None = None,
 ) -> int:
-    """sagehost's HTTP server running the app on the shared socket until SIGTERM; the exit code."""
-    app = App(settings, load_service)
+    """sagehost's HTTP server running the app on the shared socket until SIGTERM; the exit code.
+    `models`: a multi-model server's /models routes."""
+    app = App(settings, load_service, models)
     code = serve_app(sock, app, Limits.of(settings), connection)
     # Drained: a second SIGTERM while Python shuts down must not turn exit 0 into death by signal.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
