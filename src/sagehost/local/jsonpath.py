@@ -23,7 +23,7 @@ from sagehost.errors import ConfigError
 MAX_CHARS = 63
 HELP = "$, .name, ['a','b'], *, [1], [-1], [0,3], [2:5], [:5], [2:] (no .. or ?() filters)"
 
-_NAME = re.compile(r"\.([^.\[\]'\"*\s,:]+)")
+_NAME = re.compile(r"\.([^.\[\]'\"*\s,:()?@$]+)")
 _QUOTED = re.compile(r"\s*'([^'\[\]]+)'\s*")
 _NUMBER = re.compile(r"-?\d+")
 

@@ -241,6 +241,11 @@ def local_transform(request: TransformRequest, say: Say) -> int:
                 reports = asyncio.run(run_files(plan, inputs, output, shown))
             finally:
                 shown.close()
+            if launched.process.poll() is not None:
+                say(
+                    f"The {launched.label} exited during the run (code {launched.process.returncode}): SageMaker "
+                    f"would fail the job. Last lines of its log:\n{launched.log_tail()}"
+                )
         except HealthCheckFailed as exc:
             launched.stop()
             say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")

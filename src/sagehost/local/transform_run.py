@@ -35,6 +35,8 @@ STREAM_CHUNK = 64 * 1024
 MAX_ANSWER_BYTES = 1024 * 1024 * 1024
 _RETRY_PAUSE_S = 0.5
 _MESSAGE_CHARS = 500
+# Answers that may be about one record (a bad value, a model that raised on it): worth finding it.
+_ABOUT_RECORDS = frozenset(range(400, 500)) | {500}
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,9 @@ class _Runner:
         try:
             await self._send_all(job, window)
             await job.finished()
+        except BaseException:  # cancelled (Ctrl-C) or broken: no half-written file stays behind
+            job.pending.discard()
+            raise
         finally:
             job.read.set()
             job.close()
@@ -146,8 +151,10 @@ class _Runner:
             if batch.problem is not None:
                 raise _Failed(where(self.plan.split, batch.numbers[0]), batch.problem)
             answer = await self._invoke(batch)
-            if not answer.ok:
+            if answer.status in _ABOUT_RECORDS:
                 raise await self._locate(batch, answer)
+            if not answer.ok:  # busy, or broken: not about any one record
+                raise _Failed(self._span(batch), _said(answer) + f" ({_tries(self.plan.retries + 1)})")
             job.done(batch.index, self._assembled(job, batch, answer), len(batch.sent))
             self.progress.records(len(batch.sent))
         except _Failed as failed:
@@ -155,16 +162,16 @@ class _Runner:
 
     # ---- requests ----------------------------------------------------------------------------
 
-    async def _invoke(self, batch: Batch) -> Answer:
+    async def _invoke(self, batch: Batch, retry: bool = True) -> Answer:
         """The container's answer to this batch; retried as SageMaker retries; _Failed when none came."""
-        attempts = self.plan.retries + 1
+        attempts = self.plan.retries + 1 if retry else 1
         for attempt in range(1, attempts + 1):
             try:
                 async with self.in_flight:
                     answer = await self._post(batch)
             except (UpstreamTimeout, UpstreamUnavailable, UpstreamTooLarge) as exc:
                 if attempt == attempts or isinstance(exc, UpstreamTooLarge):
-                    raise _Failed(self._span(batch), f"{exc.message} ({_tries(attempt)})") from None
+                    raise _Failed(self._span(batch), f"{exc.message.rstrip('.')} ({_tries(attempt)})") from None
             else:
                 if answer.status < 500 or attempt == attempts:
                     return answer
@@ -197,13 +204,13 @@ class _Runner:
         verified = hi == 1
         while hi - lo > 1:
             middle = (lo + hi) // 2
-            left = await self._invoke(batch.part(lo, middle))
+            left = await self._invoke(batch.part(lo, middle), retry=False)  # the error is known already
             if left.ok:
                 lo, verified = middle, False
             else:
                 hi, refused, verified = middle, left, True
         if not verified:
-            alone = await self._invoke(batch.part(lo, hi))
+            alone = await self._invoke(batch.part(lo, hi), retry=False)
             if alone.ok:  # only together with others: name the whole batch
                 return _Failed(self._span(batch), _said(answer))
             refused = alone
