@@ -5,6 +5,7 @@ The real-process runs of `sagehost local transform` are in tests/integration/tes
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import re
 import struct
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from sagehost.cli import main
 from sagehost.codecs.encode import encode
 from sagehost.config import Settings
 from sagehost.errors import ConfigError
@@ -536,3 +539,35 @@ async def test_an_answer_with_fewer_lines_than_records_is_a_warning(tmp_path: Pa
         reports, written, _ = await transform(plan(container.url), tmp_path, {"a.csv": b"1,1\n2,2\n\n3,3\n"})
     assert reports[0].warnings == []  # blank lines are no records
     assert written["a.csv.out"] == b"1,1!\n2,2!\n3,3!\n"
+
+
+@pytest.mark.anyio
+async def test_a_file_that_is_not_gzip_fails_alone(tmp_path: Path) -> None:
+    async with Container() as container:
+        files = {"a.csv.gz": gzip.compress(rows(3)), "b.csv.gz": rows(3), "c.csv.gz": gzip.compress(rows(3))[:-9]}
+        reports, written, _ = await transform(plan(container.url, gzip=True), tmp_path, files)
+    assert written == {"a.csv.gz.out": b"0,0!\n1,1!\n2,4!\n"}
+    failures = {r.source.name: r.failure for r in reports}
+    assert str(failures["b.csv.gz"]).startswith("the file: it is not whole gzip data (--gzip): ")
+    assert str(failures["c.csv.gz"]).startswith("the file: it is not whole gzip data (--gzip): ")
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        ([], 2, "Give an IMAGE, or --no-container"),
+        (["some-image:1", "--no-container"], 2, "(not both)"),
+        (["--no-container"], 1, "--no-container needs --model-data"),
+        (["--no-container", "--split-type", "Line", "--concurrency", "50"], 1, "use --concurrency 16 or less"),
+        (["--no-container", "--max-payload-mb", "101"], 2, "--max-payload-mb"),
+        (["--no-container", "--retries", "4"], 2, "--retries"),
+        (["--no-container", "--invocation-timeout", "3601"], 2, "--invocation-timeout"),
+    ],
+)
+def test_the_command_refuses_before_starting_anything(args: list[str], code: int, words: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["local", "transform", "--input", str(tmp_path), "--output", "out", *args])
+    assert result.exit_code == code, result.output
+    assert words in result.output

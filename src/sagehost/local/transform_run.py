@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import logging
 import sys
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import cast
@@ -22,12 +25,14 @@ import httpx
 import orjson
 
 from sagehost.codecs import media
-from sagehost.errors import UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
+from sagehost.errors import StartupError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.outbound import Answer, async_client, send_async
 from sagehost.local.processing import Processing, split_answer
 from sagehost.local.progress import Progress
 from sagehost.local.records import Batch, SplitType, batches, records, where
 from sagehost.local.transform_io import InputFile, Output, Pending
+
+log = logging.getLogger("sagehost.local.transform")
 
 LINE_TYPES = (media.CSV, media.JSONLINES)
 STREAM_CHUNK = 64 * 1024
@@ -126,23 +131,21 @@ class _Runner:
         self.progress.file_done()
 
     async def _send_all(self, job: _FileJob, window: asyncio.Semaphore) -> None:
-        """Read (on a thread: S3 downloads, gzip) and send each batch while the file has not failed."""
-        with contextlib.ExitStack() as stack:
-            found = await asyncio.to_thread(stack.enter_context, _batches(job.report.source, self.plan))
-            while job.failure is None:
-                try:
-                    batch = await asyncio.to_thread(next, found, None)
-                except ValueError as exc:  # a file that cannot be split (RecordIO framing)
-                    job.fail(sys.maxsize, _Failed("the file", str(exc)))
-                    break
-                if batch is None:
-                    break
-                await window.acquire()
-                job.start(batch.index, window)
-                task = asyncio.ensure_future(self._batch(job, batch))
-                job.tasks.add(task)
-                task.add_done_callback(job.tasks.discard)
-            await asyncio.to_thread(stack.close)
+        """Read (on a thread: S3 downloads, gzip) and send each batch while the file has not failed.
+        A file that cannot be read or split fails alone: not gzip, cut short, bad RecordIO framing,
+        an S3 object that cannot be fetched."""
+        try:
+            with contextlib.ExitStack() as stack:
+                found = await asyncio.to_thread(stack.enter_context, _batches(job.report.source, self.plan))
+                while job.failure is None and (batch := await asyncio.to_thread(next, found, None)) is not None:
+                    await window.acquire()
+                    job.start(batch.index, window)
+                    task = asyncio.ensure_future(self._batch(job, batch))
+                    job.tasks.add(task)
+                    task.add_done_callback(job.tasks.discard)
+                await asyncio.to_thread(stack.close)
+        except (ValueError, EOFError, OSError, StartupError) as exc:
+            job.fail(sys.maxsize, _Failed("the file", _unreadable(exc, self.plan.gzip)))
         job.read.set()
         job.all_started()
 
@@ -159,6 +162,9 @@ class _Runner:
             self.progress.records(len(batch.sent))
         except _Failed as failed:
             job.fail(batch.index, failed)
+        except Exception as exc:  # a bug of ours, or the disk: this file fails, the run goes on
+            log.exception("Transforming %s failed", job.report.source.label)
+            job.fail(batch.index, _Failed(self._span(batch), f"sagehost failed: {type(exc).__name__}: {exc}"))
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -377,6 +383,14 @@ def _said(answer: Answer) -> str:
     if len(text) > _MESSAGE_CHARS:
         text = text[:_MESSAGE_CHARS] + "…"
     return f"the container answered HTTP {answer.status}: {text or '(no body)'}"
+
+
+def _unreadable(exc: BaseException, gzipped: bool) -> str:
+    if isinstance(exc, (gzip.BadGzipFile, EOFError, zlib.error)) and gzipped:
+        return f"it is not whole gzip data (--gzip): {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"it cannot be read: {exc.strerror}"
+    return str(exc)
 
 
 def _tries(attempt: int) -> str:
