@@ -354,18 +354,41 @@ def local_train(image: str | None, no_container: bool, hyper: tuple[str, ...], *
 @click.option("--output", required=True, metavar="DIR|S3_URI", help="Where each input's <name>.out goes.")
 @click.option("--content-type", help="The input's media type, sent with each request (e.g. text/csv).")
 @click.option("--accept", help="The answers' media type (e.g. text/csv, application/jsonlines) [the server's].")
-@click.option("--split-type", type=click.Choice(("None", "Line", "RecordIO")), default="None", show_default=True)
+@click.option(
+    "--split-type",
+    type=click.Choice(("None", "Line", "RecordIO")),
+    default="None",
+    show_default=True,
+    help="Records: a whole file a request, a line, or a RecordIO frame.",
+)
 @click.option("--strategy", type=click.Choice(("MultiRecord", "SingleRecord")), help="[the container's, else Multi].")
 @click.option("--max-payload-mb", type=click.IntRange(0, 100), help="Per request, 0-100; 0 streams [container's, 6].")
 @click.option("--concurrency", type=click.IntRange(0), help="Requests in flight [the container's, else 1].")
-@click.option("--assemble-with", type=click.Choice(("None", "Line")), default="None", show_default=True)
+@click.option(
+    "--assemble-with",
+    type=click.Choice(("None", "Line")),
+    default="None",
+    show_default=True,
+    help="Line: each record's answer on its own line; None: the answers back to back.",
+)
 @click.option("--input-filter", metavar="JSONPATH", help="The part of each record sent, e.g. $[1:] (CSV), $.features.")
 @click.option("--output-filter", metavar="JSONPATH", help="The part kept of each (joined) record, e.g. $[0,-1].")
-@click.option("--join-source", type=click.Choice(("None", "Input")), default="None", show_default=True)
+@click.option(
+    "--join-source",
+    type=click.Choice(("None", "Input")),
+    default="None",
+    show_default=True,
+    help="Input: each answer beside its input record.",
+)
 @click.option("--gzip", is_flag=True, help="The input files are gzip-compressed (CompressionType Gzip).")
 @click.option("--retries", type=click.IntRange(0, 3), default=3, show_default=True, help="InvocationsMaxRetries.")
 @click.option(
-    "--invocation-timeout", "invocation_timeout_s", type=click.IntRange(1, 3600), default=600, show_default=True
+    "--invocation-timeout",
+    "invocation_timeout_s",
+    type=click.IntRange(1, 3600),
+    default=600,
+    show_default=True,
+    help="Seconds per request (InvocationsTimeoutInSeconds).",
 )
 @click.option("--no-container", is_flag=True, help="Run `sagehost serve` directly, with the same env and checks.")
 @click.option("--builder", type=click.Choice(ENGINES), help="[docker if its daemon answers, else podman].")
