@@ -176,7 +176,7 @@ def model_folder(model_data: Path | None, say: Say) -> Iterator[Path | None]:
 
 
 def _warn_unservable(model_dir: Path, say: Say) -> None:
-    from sagehost.package import describe
+    from sagehost.models import describe
 
     try:
         say(f"/opt/ml/model holds {describe(model_dir, Settings())}")
