@@ -28,7 +28,7 @@ from sagehost.local.processing import Processing, split_answer
 from sagehost.local.progress import progress
 from sagehost.local.records import RECORDIO_MAGIC, batches, records
 from sagehost.local.transform import Resolved, TransformRequest, check, resolve
-from sagehost.local.transform_io import InputFile, LocalOutput, local_inputs
+from sagehost.local.transform_io import InputFile, LocalOutput, check_apart, check_s3_apart, local_inputs
 from sagehost.local.transform_run import FileReport, Plan, run_files
 from sagehost.models import Loaded
 from sagehost.predictor import Shape
@@ -571,3 +571,13 @@ def test_the_command_refuses_before_starting_anything(args: list[str], code: int
     result = CliRunner().invoke(main, ["local", "transform", "--input", str(tmp_path), "--output", "out", *args])
     assert result.exit_code == code, result.output
     assert words in result.output
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [("s3://b/in", "s3://b/in/out"), ("s3://b/in/", "s3://b/in"), ("{tmp}", "{tmp}/out")]
+)
+def test_an_output_inside_the_input_is_refused(source: str, target: str, tmp_path: Path) -> None:
+    source, target = source.format(tmp=tmp_path), target.format(tmp=tmp_path)
+    with pytest.raises(ConfigError, match="the next run would read these .out files as input"):
+        check_s3_apart(source, target)
+        check_apart(Path(source), Path(target))

@@ -207,7 +207,8 @@ class S3Output(Output):
 
 
 def check_s3_apart(input_uri: str, output_uri: str) -> None:
-    if input_uri.startswith("s3://") and output_uri.rstrip("/").startswith(input_uri.rstrip("/") + "/"):
+    given, written = input_uri.rstrip("/"), output_uri.rstrip("/")
+    if input_uri.startswith("s3://") and (written == given or written.startswith(given + "/")):
         raise ConfigError(
             f"--output {output_uri} is under --input {input_uri}: the next run would read these .out files as "
             "input. Write the output under another prefix."
