@@ -211,15 +211,16 @@ def package(model_dir: Path, output: Path, flavor: str | None) -> None:
     "--requirements", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="[code/requirements.txt]."
 )
 @click.option("--context", type=click.Path(path_type=Path), default=Path("sagehost-build"), show_default=True)
-@_flags("--flavor")
+@_flags("--flavor", "--multi-model/--no-multi-model")
 @click.option("--dockerfile-only", is_flag=True, help="Write the context and Dockerfile; do not build.")
 def build(model_dir: Path | None, tag: str, target_platform: str, dockerfile_only: bool, **options: Any) -> None:
     """Build an image SageMaker accepts; MODEL_DIR is baked in, else model.tar.gz comes at run time."""
     from sagehost.errors import StartupError
     from sagehost.image.build import BuildRequest, build as run
 
-    settings = _settings({"flavor": options.pop("flavor")})
+    settings = _settings({"flavor": options.pop("flavor"), "multi_model": options.pop("multi_model")})
     options["extras"] = tuple(options["extras"])
+    options["multi_model"] = settings.multi_model
     request = BuildRequest(tag, model_dir, platform=target_platform, render_only=dockerfile_only, **options)
     try:
         run(request, settings, lambda line: click.echo(line, err=True))

@@ -6,13 +6,16 @@ and rebuild with their own tooling.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sagehost import contract
 from sagehost.config import Settings
+from sagehost.errors import ConfigError
 from sagehost.image import dockerfile, wheelhouse
 from sagehost.image.engine import Engine, EngineError, find_engine
 from sagehost.image.plan import DEFAULT_BASE_IMAGE, DEFAULT_PLATFORM, ImagePlan, plan_image
@@ -33,6 +36,8 @@ class BuildRequest:
     extras: tuple[str, ...] = ()
     requirements: Path | None = None
     render_only: bool = False
+    multi_model: bool = False
+    """Labelled for SageMaker's multi-model endpoints (`Mode=MultiModel`); the models come at run time."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Built:
 
 def build(request: BuildRequest, settings: Settings, say: Say) -> Built:
     plan = plan_image(request.model_dir, settings, request.extras, request.requirements)
+    if request.multi_model:
+        plan = _multi_model(plan)
     say(f"Image serves {plan.serves}; installs {plan.requirement}" + _system_note(plan))
     recipe = write_context(plan, request.context)
     say(f"Dockerfile: {recipe}")
@@ -108,6 +115,17 @@ def _run_build(engine: Engine, request: BuildRequest, say: Say) -> None:
     )  # fmt: skip
     if code != 0:
         raise EngineError(f"{engine.name} build failed (exit {code}); its output is above.")
+
+
+def _multi_model(plan: ImagePlan) -> ImagePlan:
+    """SageMaker accepts an image for `Mode=MultiModel` only with this label (sagemaker-contract.md §1.6)."""
+    if plan.model_dir is not None:
+        raise ConfigError(
+            "A multi-model image loads its models at run time (SageMaker calls POST /models): build it "
+            "without MODEL_DIR, with --extra for each model format it must serve."
+        )
+    labels = {**plan.labels, contract.LABEL_MULTI_MODELS: "true"}
+    return dataclasses.replace(plan, labels=labels, serves="many models, loaded at run time (multi-model endpoint)")
 
 
 def _system_note(plan: ImagePlan) -> str:

@@ -7,8 +7,10 @@ themselves, the libraries they import and the requests in flight.
 https://docs.kernel.org/admin-guide/cgroup-v2.html#memory-interface-files
 https://docs.kernel.org/admin-guide/cgroup-v1/memory.html
 
-A model's cost (per copy: each worker holds its own) is the growth of the worker's resident
-memory while it loads, and never less than the size of its files. A library imported by that
+A model's cost (per copy: each worker holds its own) is what the worker's memory grew by while
+it loaded: the larger of its resident memory's growth and of the bytes malloc handed out and did
+not get back (glibc's mallinfo2, which a load reusing memory freed earlier still grows, where
+resident memory does not), and never less than the size of its files. A library imported by that
 load (scikit-learn, xgboost …) stays with the worker whatever is unloaded, so it is not the
 model's cost: a load that brought new libraries in is measured again on a second load, with
 them already imported. Resident memory is the process's, so invocations running meanwhile blur
@@ -24,7 +26,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sagehost import contract
 from sagehost.config import Settings
@@ -89,6 +91,48 @@ def resident_bytes() -> int:
         return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc 2.33+). https://man7.org/linux/man-pages/man3/mallinfo.3.html"""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _libc_function(name: str) -> Any:
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):  # not glibc, or an older one
+        return None
+
+
+_MALLINFO2 = _libc_function("mallinfo2")
+if _MALLINFO2 is not None:
+    _MALLINFO2.restype = _MallInfo2
+    _MALLINFO2.argtypes = []
+_MALLOC_TRIM = _libc_function("malloc_trim")
+
+
+def heap_bytes() -> int:
+    """Bytes malloc has handed out and not had back (heap and mmapped chunks); 0 without glibc."""
+    if _MALLINFO2 is None:
+        return 0
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
 def files_bytes(directory: Path) -> int:
     """The size of every file under `directory`."""
     total = 0
@@ -104,22 +148,22 @@ def give_back() -> None:
     back (malloc_trim), so a model unloaded is memory another can use.
     https://man7.org/linux/man-pages/man3/malloc_trim.3.html"""
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def measured(load: Callable[[], T], model_dir: Path) -> tuple[T, int]:
     """Call `load` and measure what it keeps resident: (what it returned, bytes). Blocking."""
     before_modules = set(sys.modules)
-    before = resident_bytes()
+    resident, heap = resident_bytes(), heap_bytes()
     loaded = load()
     if _imported_libraries(before_modules, model_dir):
         del loaded  # that measure holds the libraries too: measure a second load without them
         give_back()
-        before = resident_bytes()
+        resident, heap = resident_bytes(), heap_bytes()
         loaded = load()
-    cost = resident_bytes() - before
-    return loaded, max(cost, files_bytes(model_dir))
+    grown = max(resident_bytes() - resident, heap_bytes() - heap)
+    return loaded, max(grown, files_bytes(model_dir))
 
 
 def _imported_libraries(before: set[str], model_dir: Path) -> bool:

@@ -3,6 +3,8 @@ workers fork, each worker serving the App with the /models routes on the shared 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -37,10 +39,19 @@ def serve_models(sock: socket.socket, settings: Settings) -> int:
     try:
         if settings.workers == 1:
             return _worker(sock, settings, shared)
+        _import_before_fork()
         return supervisor.supervise(sock, settings.workers, lambda _: _worker(sock, settings, shared), False)
     finally:
         if os.getpid() == parent:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _import_before_fork() -> None:
+    """scikit-learn's import (scipy's, mostly) takes ~1.5 s: done once here rather than in every
+    worker at its first model, and its pages are shared. It survives fork (`serve` preloads
+    scikit-learn models before forking); the runtimes that do not are imported by each worker."""
+    if importlib.util.find_spec("sklearn") is not None:
+        importlib.import_module("sklearn.base")
 
 
 def _worker(sock: socket.socket, settings: Settings, shared: Shared) -> int:

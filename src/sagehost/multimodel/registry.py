@@ -89,6 +89,7 @@ class Registry:
         self._dirty = False
         self._reconciling: asyncio.Task[None] | None = None
         self._inbox: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -97,14 +98,17 @@ class Registry:
         self._pid = os.getpid()
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="sagehost-load")
         self._inbox = self.shared.register(self._pid)  # before reading the state: no change is missed
-        asyncio.get_running_loop().add_reader(self._inbox.fileno(), self._on_notice)
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._inbox.fileno(), self._on_notice)
         self._on_notice()
         assert self._reconciling is not None
         await self._reconciling
 
     def close(self) -> None:
-        """Leave the others (after the event loop has stopped)."""
+        """Leave the others."""
         if self._inbox is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._inbox.fileno())
             self._inbox.close()
             self._inbox = None
         self.shared.leave(self._pid)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -72,7 +73,7 @@ class Shared:
         self.root = root
         self.workers = workers
         self.budget = budget
-        self._token = root.name
+        self._token = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]  # unique per registry
         self._own: int | None = None  # this worker's locked file, once registered
 
     @staticmethod
