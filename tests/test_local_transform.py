@@ -91,10 +91,6 @@ async def batch_client(batch_settings: Settings, batch_iris: Loaded) -> AsyncIte
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs service.encode_answer to pass Settings.batch_mode to codecs.encode (issue 16's report)",
-)
 @pytest.mark.parametrize("accept", ["text/csv", "application/jsonlines"])
 async def test_the_app_in_batch_mode_answers_line_based_formats_without_a_final_newline(
     batch_client: httpx.AsyncClient, accept: str

@@ -88,7 +88,7 @@ class RowService:
             rows, shape = await asyncio.to_thread(self.prepare, invocation)
         outputs = await _within(self._predictor.predict(rows, method), self._settings.timeout_s)
         labels = self._labels if method == "predict_proba" else None
-        return Reply(await encode_answer(outputs, accept, shape, labels), accept)
+        return Reply(await encode_answer(outputs, accept, shape, labels, batch=self._settings.batch_mode), accept)
 
     def prepare(self, invocation: Invocation) -> tuple[Rows, Shape]:
         spec = self._predictor.spec
@@ -131,11 +131,14 @@ class ScriptService:
         return Reply(body, content_type)
 
 
-async def encode_answer(outputs: Outputs, accept: str, shape: Shape, labels: Sequence[str] | None) -> bytes:
-    """The answer's bytes: on the loop when small, on a thread when encoding could stall it."""
+async def encode_answer(
+    outputs: Outputs, accept: str, shape: Shape, labels: Sequence[str] | None, *, batch: bool = False
+) -> bytes:
+    """The answer's bytes: on the loop when small, on a thread when encoding could stall it.
+    `batch` (SAGEMAKER_BATCH): line-based answers end without a newline (codecs/encode.py)."""
     if len(outputs) > _INLINE_ANSWER_ROWS:
-        return await asyncio.to_thread(codecs.encode, outputs, accept, shape, labels)
-    return codecs.encode(outputs, accept, shape, labels)
+        return await asyncio.to_thread(codecs.encode, outputs, accept, shape, labels, batch=batch)
+    return codecs.encode(outputs, accept, shape, labels, batch=batch)
 
 
 async def _within(call: Awaitable[T], timeout_s: float) -> T:

@@ -136,7 +136,7 @@ class ProxyService:
             scored = await asyncio.gather(*(self._call_one(adapter, fields, untyped, row) for row in rows))
             outputs = [row for s in scored for row in s.rows]
             labels = scored[0].fields
-        return Reply(await encode_answer(outputs, accept, shape, labels), accept)
+        return Reply(await encode_answer(outputs, accept, shape, labels, batch=self._settings.batch_mode), accept)
 
     def _prepare(self, invocation: Invocation) -> tuple[Fields, list[list[Any]], Untyped, Shape]:
         """Named rows, CSV cells typed as declared, and the fields left as untyped text."""
