@@ -2,9 +2,11 @@
 
 Real-time endpoints set nothing special; Batch Transform sets `SAGEMAKER_BATCH` and its three
 limits; an inference pipeline (or multi-container endpoint) moves the container off 8080 with
-`SAGEMAKER_BIND_TO_PORT` and gives it `SAGEMAKER_SAFE_PORT_RANGE` for any second port.
+`SAGEMAKER_BIND_TO_PORT` and gives it `SAGEMAKER_SAFE_PORT_RANGE` for any second port; a
+multi-model endpoint sets `SAGEMAKER_MULTI_MODEL` and delivers each model under /opt/ml/models.
 https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-batch-code.html
 https://docs.aws.amazon.com/sagemaker/latest/dg/inference-pipeline-real-time.html
+https://docs.aws.amazon.com/sagemaker/latest/dg/build-multi-model-build-container.html
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Literal
 
 from sagehost import contract
 
-Mode = Literal["realtime", "batch", "pipeline"]
-MODES: tuple[Mode, ...] = ("realtime", "batch", "pipeline")
+Mode = Literal["realtime", "batch", "pipeline", "multi-model"]
+MODES: tuple[Mode, ...] = ("realtime", "batch", "pipeline", "multi-model")
 
 PIPELINE_PORT = 9081  # any port but 8080 proves the container honours SAGEMAKER_BIND_TO_PORT
 PIPELINE_SAFE_RANGE = "9100-9199"
@@ -69,4 +71,6 @@ def _run(mode: Mode, max_payload_mb: int, batch_strategy: str, max_concurrent_tr
     if mode == "pipeline":
         env = {"SAGEMAKER_BIND_TO_PORT": str(PIPELINE_PORT), "SAGEMAKER_SAFE_PORT_RANGE": PIPELINE_SAFE_RANGE}
         return Run(mode, env, PIPELINE_PORT, realtime)
+    if mode == "multi-model":
+        return Run(mode, {"SAGEMAKER_MULTI_MODEL": "true"}, contract.DEFAULT_PORT, realtime)
     return Run(mode, {}, contract.DEFAULT_PORT, realtime)
