@@ -14,6 +14,14 @@ the output location (or what went wrong to the failure location). S3 is reached 
 callables the config carries (sagehost.aws's, so boto3 stays there).
 https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_runtime_InvokeEndpointAsync.html
 
+With a `ModelsConfig` it is a multi-model endpoint's runtime: an invocation names its model with
+TargetModel (`X-Amzn-SageMaker-Target-Model`); a model not loaded yet is fetched and unpacked
+(by the config's `fetch`), loaded with POST /models, and, while the container answers 507, the
+least recently used model is unloaded (DELETE /models/NAME) and the load retried; then the
+invocation goes to POST /models/NAME/invoke, as SageMaker does it.
+https://docs.aws.amazon.com/sagemaker/latest/dg/multi-model-endpoints.html
+https://docs.aws.amazon.com/sagemaker/latest/dg/mms-container-apis.html
+
 It is an ASGI app, served by sagehost's own HTTP server (`serve_gateway`); it forwards over a
 bounded httpx pool (sagehost.http.outbound), reading at most the payload limit of any answer
 (of an async one, the 1 GB an async invocation may take).
@@ -22,6 +30,7 @@ bounded httpx pool (sagehost.http.outbound), reading at most the payload limit o
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import re
 import socket
@@ -67,6 +76,9 @@ _TIMED_OUT = f"Your invocation timed out while waiting for a response from conta
 _POOL = 64  # connections to the container at once; more requests wait for one, within their timeout
 _JSON = (b"content-type", b"application/json")
 _CLOSE = (b"connection", b"close")
+_TARGET_MODEL = "x-amzn-sagemaker-target-model"
+# SageMaker lets a model load (and unload) for up to 360 s (sagemaker-contract.md §4).
+_MODEL_LOAD_TIMEOUT_S = 360.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,17 @@ class AsyncConfig:
 
 
 @dataclass(frozen=True)
+class ModelsConfig:
+    """A multi-model endpoint's models (sagehost.local.multimodel): `fetch(target)` downloads and
+    unpacks the model a TargetModel names and returns the name and directory to load it as
+    (POST /models), or raises StartupError saying why it cannot; `discard(target)` deletes what
+    `fetch` unpacked. Both block (they run in a thread)."""
+
+    fetch: Callable[[str], tuple[str, str]]
+    discard: Callable[[str], None]
+
+
+@dataclass(frozen=True)
 class _Job:
     """One queued async invocation."""
 
@@ -107,10 +130,21 @@ class Gateway:
     Its pool to the container opens at the ASGI lifespan's startup (or `async with`) and closes
     at shutdown."""
 
-    def __init__(self, limits: Limits, container_url: str, async_config: AsyncConfig | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        container_url: str,
+        async_config: AsyncConfig | None = None,
+        models: ModelsConfig | None = None,
+    ) -> None:
         self.limits = limits
         self.container_url = container_url.rstrip("/")
         self.async_config = async_config
+        self.models = models
+        self.loaded: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """Multi-model: TargetModel -> the name it is loaded as, least recently invoked first."""
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._loading = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(_ASYNC_AT_ONCE)
@@ -165,6 +199,8 @@ class Gateway:
             if body is None:
                 return _json(413, {"message": too_large(limit).message}, _CLOSE)  # the body stays unread
             query = scope.get("query_string", b"").decode("latin-1")
+            if self.models is not None:
+                return await self._invoke_model(body, headers, query)
             target = "/invocations" + (f"?{query}" if query else "")
             return await self._relay("POST", target, body, headers, self.limits.timeout_s)
         if method == "POST" and (found := _ASYNC_PATH.match(path)):
@@ -189,7 +225,7 @@ class Gateway:
     ) -> _Reply:
         if self._client is None:
             raise RuntimeError("The gateway's pool is closed: serve it with its lifespan, or `async with` it.")
-        invocation = path.startswith("/invocations")
+        invocation = path.startswith("/invocations") or path.partition("?")[0].endswith("/invoke")
         try:
             answer = await send_async(
                 self._client,
@@ -212,6 +248,64 @@ class Gateway:
             if name.lower() == b"content-type" or name.lower().startswith(b"x-amzn-")
         ]
         return _Reply(answer.status, [*passed, (b"x-Amzn-Invoked-Production-Variant", b"AllTraffic")], answer.body)
+
+    # ---- a multi-model endpoint's TargetModel ----------------------------------------------
+
+    async def _invoke_model(self, body: bytes, headers: dict[str, str], query: str) -> _Reply:
+        target = headers.get(_TARGET_MODEL, "")
+        if not target:
+            return _validation(
+                "This is a multi-model endpoint: name the model with TargetModel "
+                "(X-Amzn-SageMaker-Target-Model), its path under the model prefix, e.g. model-a.tar.gz."
+            )
+        self._in_flight[target] += 1  # an invocation on its way is never unloaded under it
+        try:
+            name = await self._load(target)
+            if isinstance(name, _Reply):
+                return name
+            self.loaded.move_to_end(target)
+            path = f"/models/{name}/invoke" + (f"?{query}" if query else "")
+            return await self._relay("POST", path, body, headers, self.limits.timeout_s)
+        finally:
+            self._in_flight[target] -= 1
+
+    async def _load(self, target: str) -> str | _Reply:
+        """The name `target` is loaded as, loading it first if need be; or the failure to answer."""
+        if (known := self.loaded.get(target)) is not None:
+            return known
+        assert self.models is not None
+        async with self._loading:  # one load at a time: each sees what the one before it left
+            if (known := self.loaded.get(target)) is not None:
+                return known
+            try:
+                name, url = await asyncio.to_thread(self.models.fetch, target)
+            except StartupError as exc:
+                return _validation(f"Failed to download model data for TargetModel {target!r}: {exc}")
+            request = json.dumps({"model_name": name, "url": url}).encode()
+            headers = {"content-type": "application/json", _TARGET_MODEL: target}
+            while True:
+                reply = await self._relay("POST", "/models", request, headers, _MODEL_LOAD_TIMEOUT_S)
+                if reply.status in (200, 409):  # 409: the container has it already
+                    self.loaded[target] = name
+                    _log(f"loaded {target} as {name} ({len(self.loaded)} models loaded)")
+                    return name
+                victim = self._least_recent(target) if reply.status == 507 else None
+                if victim is None:
+                    await asyncio.to_thread(self.models.discard, target)
+                    return _model_error(reply.status, reply.body.decode("utf-8", errors="replace"))
+                await self._unload(victim)
+
+    def _least_recent(self, but: str) -> str | None:
+        return next((t for t in self.loaded if t != but and not self._in_flight[t]), None)
+
+    async def _unload(self, target: str) -> None:
+        assert self.models is not None
+        name = self.loaded.pop(target)
+        reply = await self._relay("DELETE", f"/models/{name}", None, {}, _MODEL_LOAD_TIMEOUT_S)
+        _log(
+            f"the container is short of memory (507): unloaded {target}, the least recently used (HTTP {reply.status})"
+        )
+        await asyncio.to_thread(self.models.discard, target)
 
     # ---- InvokeEndpointAsync -------------------------------------------------------------
 
