@@ -304,9 +304,18 @@ def _run_local(run: Callable[[Any, Callable[[str], None]], int], request: Any) -
         raise click.ClickException(str(exc)) from None
 
 
+def _model_data(context: click.Context, param: click.Parameter, value: str | None) -> Path | str | None:
+    """A local path, which must exist, or an s3:// prefix (multi-model mode)."""
+    if value is None or value.startswith("s3://"):
+        return value
+    if not Path(value).exists():
+        raise click.BadParameter(f"{value} does not exist.")
+    return Path(value)
+
+
 @local.command("serve")
 @click.argument("image", required=False)
-@click.option("--model-data", type=click.Path(path_type=Path, exists=True), help="model.tar.gz or a model dir.")
+@click.option("--model-data", callback=_model_data, help="model.tar.gz or model dir; multi-model: dir or s3:// prefix.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Where the local endpoint answers.")
 @click.option("--mode", type=click.Choice(MODES), default="realtime", show_default=True)
 @click.option("--no-container", is_flag=True, help="Run `sagehost serve` directly, with the same env and checks.")
@@ -327,6 +336,17 @@ def local_serve(
     if image is None and not no_container:
         raise click.UsageError("Give an IMAGE, or --no-container to run `sagehost serve` directly.")
     env = _env_pairs(env_pairs)
+    if options["mode"] == "multi-model":
+        from sagehost.local.multimodel import local_serve_models
+
+        source = options.pop("model_data")
+        if source is None:
+            raise click.UsageError("--mode multi-model needs --model-data DIR|s3://BUCKET/PREFIX/ (of model.tar.gz).")
+        request = ServeRequest(None if no_container else image, env=env, startup_timeout_s=startup_timeout, **options)
+        _run_local(lambda request, say: local_serve_models(request, str(source), say), request)
+        return
+    if isinstance(options["model_data"], str):
+        raise click.UsageError("--model-data s3://… goes with --mode multi-model; give a model.tar.gz or a directory.")
     request = ServeRequest(None if no_container else image, env=env, startup_timeout_s=startup_timeout, **options)
     _run_local(local_serve, request)
 
