@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import tarfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import joblib
 import numpy as np
 import pytest
 
-from tests.conftest import Server, start_sagehost
+from tests.conftest import Server, local_endpoint, start_sagehost
 from tests.integration.test_proxy import children_of
 from tests.integration.test_workers import wait_for
 
@@ -269,3 +270,42 @@ def test_a_load_blocks_neither_ping_nor_the_other_models(
             assert loading.result().status_code == 200
             assert time.monotonic() - started >= 3.0  # one worker after the other: 1.5 s each
         assert invoke(server, "slow", "[]", {"content-type": "application/json"}).json() == "slow"
+
+
+# ---- sagehost local serve --mode multi-model ---------------------------------------------------------
+
+
+def test_the_local_stand_in_loads_on_first_use_and_evicts_the_least_recently_used(
+    tmp_path: Path, padded: list[Path], fifty: dict[str, tuple[Path, np.ndarray[Any, Any]]]
+) -> None:
+    """Three model.tar.gz of 8 MiB under a 40 MiB budget with two workers: the third evicts the first."""
+    prefix = tmp_path / "prefix"
+    (prefix / "team").mkdir(parents=True)
+    targets = ["a.tar.gz", "team/b.tar.gz", "c.tar.gz"]
+    for folder, target in zip(padded, targets, strict=True):
+        with tarfile.open(prefix / target, "w:gz") as tar:
+            for path in folder.iterdir():
+                tar.add(path, arcname=path.name)
+    args = ["--no-container", "--mode", "multi-model", "--model-data", str(prefix)]
+    args += ["-e", "SAGEHOST_MODEL_MEMORY_MB=40", "-e", "SAGEHOST_WORKERS=2"]
+    expected = {t: fifty[f"model-{i:02d}"][1] for i, t in enumerate(targets)}
+    with local_endpoint(args, tmp_path) as endpoint:
+
+        def call(target: str | None, body: str = CSV) -> httpx.Response:
+            headers = {"content-type": "text/csv", **({"X-Amzn-SageMaker-Target-Model": target} if target else {})}
+            return _CLIENT[0].post(endpoint.url + "/invocations", content=body, headers=headers)
+
+        for target in ["a.tar.gz", "team/b.tar.gz", "a.tar.gz", "c.tar.gz", "team/b.tar.gz"]:
+            np.testing.assert_allclose(predictions(call(target)), expected[target], rtol=1e-6)
+        log = endpoint.log
+        # c evicted b (a had been used after it); b's return evicted a.
+        assert "unloaded team/b.tar.gz, the least recently used" in log
+        assert log.index("unloaded team/b.tar.gz") < log.index("unloaded a.tar.gz")
+        assert log.count("least recently used") == 2
+        missing = call("nope.tar.gz")
+        assert missing.status_code == 400 and "there is no nope.tar.gz" in missing.json()["message"]
+        assert call(None).status_code == 400
+        assert call("../outside.tar.gz").status_code == 400
+        failing = call("c.tar.gz", "not,numbers,at,all")
+        assert failing.status_code == 424 and failing.json()["OriginalStatusCode"] == 400
+    assert endpoint.process.returncode == 0
