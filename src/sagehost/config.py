@@ -32,13 +32,13 @@ from sagehost.errors import ConfigError
 Method = Literal["predict", "predict_proba", "decision_function"]
 METHODS: tuple[Method, ...] = ("predict", "predict_proba", "decision_function")
 BatchStrategy = Literal["MULTI_RECORD", "SINGLE_RECORD"]
-# The model formats of sagehost.formats, named here so the CLI can offer them without importing
-# numpy before the thread limits are set.
 # Declared types of upstream columns (`--upstream-columns name:type`): a CSV cell is text, and the
 # declared type says what the scoring server should receive.
 COLUMN_TYPES = ("str", "int", "float", "bool")
 Column = tuple[str, str | None]
 """An upstream column: its name and declared type (one of COLUMN_TYPES), or None to guess."""
+# The formats of sagehost.models.registry, named here so the CLI can offer them without importing
+# numpy before the thread limits are set (tests/test_registry.py keeps the two equal).
 FLAVORS = ("mlflow", "sklearn", "xgboost", "lightgbm", "catboost", "onnx", "torch", "h2o")
 
 
