@@ -309,3 +309,37 @@ def test_the_local_stand_in_loads_on_first_use_and_evicts_the_least_recently_use
         failing = call("c.tar.gz", "not,numbers,at,all")
         assert failing.status_code == 424 and failing.json()["OriginalStatusCode"] == 400
     assert endpoint.process.returncode == 0
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_a_multi_model_image_serves_models_under_opt_ml_models_in_a_read_only_container(
+    tmp_path: Path, padded: list[Path], fifty: dict[str, tuple[Path, np.ndarray[Any, Any]]]
+) -> None:
+    """`sagehost build --multi-model`, then `local serve IMAGE --mode multi-model`: the label, the
+    models unpacked where SageMaker puts them, eviction inside the container."""
+    from tests.integration.test_container import BASE, build, podman
+
+    assert podman("image", "exists", BASE, check=False).returncode == 0, f"no {BASE}: run scripts/setup-containers"
+    tag = f"localhost/sagehost-test-mm-{os.getpid()}"
+    build(tag, tmp_path / "context", "--multi-model")
+    try:
+        labels = podman("image", "inspect", tag, "--format", "{{json .Labels}}").stdout
+        assert '"com.amazonaws.sagemaker.capabilities.multi-models":"true"' in labels.replace(" ", "")
+        prefix = tmp_path / "prefix"
+        prefix.mkdir()
+        for index, folder in enumerate(padded):
+            with tarfile.open(prefix / f"m{index}.tar.gz", "w:gz") as tar:
+                for path in folder.iterdir():
+                    tar.add(path, arcname=path.name)
+        args = [tag, "--mode", "multi-model", "--model-data", str(prefix), "--builder", "podman"]
+        args += ["-e", "SAGEHOST_MODEL_MEMORY_MB=40", "-e", "SAGEHOST_WORKERS=2"]
+        with local_endpoint(args, tmp_path) as endpoint:
+            for index in (0, 1, 2, 0):
+                headers = {"content-type": "text/csv", "X-Amzn-SageMaker-Target-Model": f"m{index}.tar.gz"}
+                answer = _CLIENT[0].post(endpoint.url + "/invocations", content=CSV, headers=headers)
+                np.testing.assert_allclose(predictions(answer), fifty[f"model-{index:02d}"][1], rtol=1e-6)
+            assert "from /opt/ml/models/" in endpoint.log
+            assert endpoint.log.count("the least recently used") == 2
+    finally:
+        podman("rmi", "-f", tag, check=False)
