@@ -6,6 +6,7 @@ tests/integration/test_multimodel.py."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import os
 import shutil
@@ -392,8 +393,6 @@ def test_budget_is_the_setting_else_a_share_of_the_tighter_of_cgroup_and_machine
 def test_a_worker_that_is_gone_no_longer_counts(tmp_path: Path) -> None:
     shared = Shared.create(tmp_path / "registry", 2, 100 * MIB)
     holder = os.open(tmp_path / "registry" / "workers" / "4242", os.O_CREAT | os.O_RDWR)
-    import fcntl
-
     fcntl.flock(holder, fcntl.LOCK_EX)  # a worker alive: it holds its file's lock
     with shared.changing() as state:
         state["a"] = Record("/m/a", "ready", 4242, "s1", 5 * MIB, copies={4242: 5 * MIB})

@@ -97,8 +97,10 @@ def padded(tmp_path_factory: pytest.TempPathFactory, fifty: dict[str, tuple[Path
 
 
 @contextlib.contextmanager
-def multi_model(tmp: Path, *args: str, workers: int = 2) -> Iterator[Server]:
-    server = start_sagehost(["serve", "--multi-model", "--workers", str(workers), *args], tmp)
+def multi_model(tmp: Path, *args: str, workers: int = 2, flag: bool = True) -> Iterator[Server]:
+    """`serve --multi-model`, or, without `flag`, `serve` with SAGEMAKER_MULTI_MODEL=true as SageMaker sets it."""
+    command = ["serve", *(["--multi-model"] if flag else []), "--workers", str(workers), *args]
+    server = start_sagehost(command, tmp, {} if flag else {"SAGEMAKER_MULTI_MODEL": "true"})
     try:
         if workers > 1:
             wait_for(lambda: len(children_of(server.process.pid)) == workers, 30)
@@ -218,7 +220,7 @@ def test_a_small_budget_answers_507_until_a_model_is_unloaded(
 
 def test_the_statuses_of_post_models(tmp_path: Path, fifty: dict[str, tuple[Path, Any]]) -> None:
     (tmp_path / "empty").mkdir()
-    with multi_model(tmp_path, workers=1) as server:
+    with multi_model(tmp_path, workers=1, flag=False) as server:
         assert fresh(server, "GET", "/ping").status_code == 200  # no model loaded
         assert load(server, "m", fifty["model-40"][0]).status_code == 200
         assert load(server, "m", fifty["model-41"][0]).status_code == 409
