@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Server, free_port, running
+from tests.conftest import Server, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,12 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ) -> Iterator[Server]:
-    with running(mojo[0], tmp_path_factory.mktemp("logs"), {"SAGEHOST_WORKERS": request.param}) as server:
+    server = start_server(mojo[0], tmp_path_factory.mktemp("logs"), {"SAGEHOST_WORKERS": request.param})
+    try:
         yield server
+    finally:
+        # SIGTERM drains and exits 0: a JVM in the process must not hold the exit up (DestroyJavaVM).
+        assert server.stop() == 0
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:

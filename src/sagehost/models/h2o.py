@@ -36,6 +36,11 @@ def load(path: Path, settings: Settings) -> Model:
         settings.scratch_dir.mkdir(parents=True, exist_ok=True)
         # A JVM's crash report goes to scratch, not into whatever directory the server runs in.
         error_file = f"-XX:ErrorFile={settings.scratch_dir}/hs_err_pid%p.log"
+        # At exit JPype would call DestroyJavaVM, which waits for every non-daemon Java thread; the
+        # thread that started the JVM here is a loader thread that has long ended without detaching,
+        # so the wait can last forever and a drained server never exits after SIGTERM. A MOJO scorer
+        # holds nothing to flush: the JVM ends with the process. https://jpype.readthedocs.io/en/latest/userguide.html#customization
+        setattr(require("jpype.config", "h2o", "JPype's settings"), "destroy_jvm", False)  # noqa: B010
         jpype.startJVM(error_file, classpath=[str(jar)], convertStrings=True)
     easy_predict = jpype.JClass("hex.genmodel.easy.EasyPredictModelWrapper")
     try:
