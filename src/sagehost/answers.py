@@ -46,7 +46,7 @@ def error_answer(exc: SagehostError) -> tuple[int, Headers, bytes]:
     """Status, headers and JSON body for an error, logged under the request id it names."""
     request_id = f"{os.getpid():x}-{next(_ids):x}"  # per process: the workers are forked
     status = exc.http_status
-    if status >= 500:
+    if status >= 500 and status != 507:  # 507: SageMaker unloads a model and retries, as designed
         log.error("request %s failed: %s %s", request_id, exc.code, exc.message)
     else:
         log.info("request %s rejected: %s %s", request_id, exc.code, exc.message)

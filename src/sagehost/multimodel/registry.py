@@ -277,7 +277,8 @@ class Registry:
     # ---- loading ----------------------------------------------------------------------------
 
     async def _load(self, model_dir: Path, serial: str) -> Copy:
-        settings = self.settings.replace(model_dir=model_dir)
+        # Each model's own code/ (SAGEMAKER_SUBMIT_DIRECTORY names the container's one script).
+        settings = self.settings.replace(model_dir=model_dir, code_dir=None)
         loop = asyncio.get_running_loop()
         try:
             loaded, cost = await loop.run_in_executor(self._loader, _load_measured, settings)
