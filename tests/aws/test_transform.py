@@ -119,7 +119,7 @@ def test_a_model_by_name_sends_only_what_was_given_and_carries_its_endpoint_tag(
         (["--join-source", "Output"], "'Output' is not one of"),
         (["--content-type", "csv"], "--content-type 'csv' is not a media type"),
         (["--accept", "text csv"], "--accept 'text csv' is not a media type"),
-        (["--input-filter", "features"], "not in SageMaker's JSONPath subset"),
+        (["--input-filter", "features"], "must start at the record's root, $"),
         (["--input-filter", "$..price"], "no .. or ?() filters"),
         (["--output-filter", "$.items[?(@.price < 10)]"], "not in SageMaker's JSONPath subset"),
         (["--input-filter", "$.field1.['child1','child2.grandchild']"], "not in SageMaker's JSONPath subset"),

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from sagehost.aws.errors import AwsNotFound, AwsOptionError, AwsPermissionDenied, DeployFailed
+from sagehost.errors import ConfigError
 
 if TYPE_CHECKING:
     from sagehost.aws.session import Aws
@@ -40,20 +41,10 @@ LOG_GROUP = "/aws/sagemaker/TransformJobs"
 DEFAULT_INSTANCE_TYPE = "ml.m5.large"
 DEFAULT_PAYLOAD_MB = 6  # SageMaker's MaxPayloadInMB when neither the job nor the container sets one
 MAX_PAYLOAD_MB = 100  # also the bound of MaxConcurrentTransforms x MaxPayloadInMB
-MAX_FILTER = 63
 DONE = frozenset({"Completed", "Failed", "Stopped"})
 SPLIT_TYPES = ("None", "Line", "RecordIO", "TFRecord")
 JOINABLE = ("text/csv", "application/json", "application/jsonlines")
 _MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+*-]+(\s*;.*)?$")
-
-# SageMaker's JSONPath subset: $, .name, *, ['a','b'] (names not nested), [1,-1], [2:5], [:5], [2:].
-_NAME = r"[^.\[\]'\"*\s,:]+"
-_QUOTED = r"'[^'.\[\]]+'"
-_ITEM = r"(?:-?\d*:-?\d*|-?\d+)"
-_SEGMENT = rf"(?:\.{_NAME}|\.\*|\.?\[\*\]|\.?\[{_QUOTED}(?:\s*,\s*{_QUOTED})*\]|\[{_ITEM}(?:\s*,\s*{_ITEM})*\])"
-_JSONPATH = re.compile(rf"^\$(?:{_SEGMENT})*$")
-_CSV_PATH = re.compile(rf"^\$(?:\[{_ITEM}(?:\s*,\s*{_ITEM})*\])?$")  # a CSV row is one flat array
-_JSONPATH_HELP = "$, .name, *, ['a','b'], [1,3], [2:5] (no .. or ?() filters)"
 
 
 @dataclass(frozen=True)
@@ -159,11 +150,14 @@ def _check_payload(spec: TransformSpec) -> None:
 
 
 def _check_filter(option: str, path: str, content_type: str | None) -> None:
-    if len(path) > MAX_FILTER:
-        raise AwsOptionError(f"{option} is {len(path)} characters; SageMaker takes at most {MAX_FILTER}.")
-    if not _JSONPATH.match(path.strip()):
-        raise AwsOptionError(f"{option} {path!r} is not in SageMaker's JSONPath subset: {_JSONPATH_HELP}.")
-    if _base(content_type) == "text/csv" and not _CSV_PATH.match(path.strip()):
+    """SageMaker's JSONPath subset, as `sagehost local transform` reads it (sagehost.local.jsonpath)."""
+    from sagehost.local import jsonpath
+
+    try:
+        parsed = jsonpath.parse(path, option)
+    except ConfigError as exc:
+        raise AwsOptionError(str(exc)) from None
+    if _base(content_type) == "text/csv" and not parsed.indexes_only:
         raise AwsOptionError(
             f"{option} {path!r}: a CSV row is an array, so its filters are indexes only, e.g. $[1:] or $[0,3]."
         )

@@ -24,7 +24,7 @@ MAX_CHARS = 63
 HELP = "$, .name, ['a','b'], *, [1], [-1], [0,3], [2:5], [:5], [2:] (no .. or ?() filters)"
 
 _NAME = re.compile(r"\.([^.\[\]'\"*\s,:()?@$]+)")
-_QUOTED = re.compile(r"\s*'([^'\[\]]+)'\s*")
+_QUOTED = re.compile(r"\s*'([^'.\[\]]+)'\s*")  # a quoted name is one field, not a nested path
 _NUMBER = re.compile(r"-?\d+")
 
 
