@@ -17,6 +17,7 @@ import uvloop
 
 from sagehost.errors import SagehostError, UpstreamTimeout, UpstreamTooLarge, UpstreamUnavailable
 from sagehost.http.client import Client, Response
+from tests.loopback import LoopbackServer
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -33,7 +34,7 @@ class Received:
 
 
 @dataclass
-class Upstream:
+class Upstream(LoopbackServer):
     """A scripted HTTP server on a free loopback port: `script` runs once per connection."""
 
     script: Callable[[Upstream, Reader, Writer], Awaitable[None]]
@@ -45,30 +46,8 @@ class Upstream:
     sent: int = 0
     """Bytes the script wrote (through `send`)."""
     closed_by_client: int = 0
-    _server: asyncio.Server | None = None
-    _handlers: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def __aenter__(self) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._handlers:
-            task.cancel()
-        if self._handlers:
-            await asyncio.wait(self._handlers)
-
-    async def _serve(self, reader: Reader, writer: Writer) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+    async def handle(self, reader: Reader, writer: Writer) -> None:
         self.connections += 1
         self.open += 1
         self.most_open = max(self.most_open, self.open)

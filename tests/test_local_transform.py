@@ -34,6 +34,7 @@ from sagehost.models import Loaded
 from sagehost.predictor import Shape
 from sagehost.server import build_service, load_and_warm
 from sagehost.service import Service
+from tests.loopback import LoopbackServer
 from tests.test_app import serving
 
 ROWS = b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n"
@@ -350,7 +351,7 @@ def test_the_jobs_values_then_the_containers_then_the_defaults() -> None:
 
 
 @dataclass
-class Container:
+class Container(LoopbackServer):
     """A scripted container: answers each POST /invocations with one line per record line it got
     (`<line>!`), after `delay(body)` seconds; or with `status(body)`'s error. Counts what it saw."""
 
@@ -360,29 +361,8 @@ class Container:
     chunked: list[bool] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
-    _server: asyncio.Server | None = None
-    _handlers: set[asyncio.Task[Any]] = field(default_factory=set)
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def __aenter__(self) -> Container:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for handler in self._handlers:
-            handler.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
                 headers = dict(

@@ -30,9 +30,9 @@ import pytest
 from sagehost.aws import lambda_handler
 from sagehost.config import Settings
 from sagehost.package import package
-from tests.aws.conftest import ACCESS_KEY_ID, BUCKET, REGION, SECRET, TOKEN, Cloud
+from tests.aws.conftest import BUCKET, SECRET, TOKEN, Cloud
 from tests.aws.test_gateway import expected, proxy_event
-from tests.aws.test_invoke import FAILURE, OUTPUT, ROWS, User
+from tests.aws.test_invoke import FAILURE, OUTPUT, ROWS, User, stand_in_env
 from tests.conftest import SAGEHOST, free_port
 from tests.integration.test_container import BASE, build, podman
 
@@ -85,17 +85,7 @@ def stand_in(moto_url: str, image: str, iris_dir: Path, tmp_path_factory: pytest
     archive = tmp / "model.tar.gz"
     package(iris_dir, archive, Settings())
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SAGEHOST_", "SM_", "AWS_"))}
-    env.update(
-        AWS_ENDPOINT_URL=moto_url,
-        AWS_ACCESS_KEY_ID=ACCESS_KEY_ID,
-        AWS_SECRET_ACCESS_KEY=SECRET,
-        AWS_SESSION_TOKEN=TOKEN,
-        AWS_DEFAULT_REGION=REGION,
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-credentials"),
-    )
+    env = stand_in_env(moto_url, tmp)
     command = [SAGEHOST, "local", "serve", image, "--builder", "podman", "--model-data", str(archive)]
     command += ["--port", str(port), "--async-output", OUTPUT, "--async-failure", FAILURE]
     log_path = tmp / "local-serve.log"

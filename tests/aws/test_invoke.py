@@ -49,13 +49,8 @@ class Runtime:
         return self.log_path.read_text()
 
 
-@pytest.fixture(scope="module")
-def runtime(moto_url: str, iris_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    """The SageMaker runtime's stand-in in front of the packaged demo model, with S3 on moto."""
-    tmp = tmp_path_factory.mktemp("runtime")
-    archive = tmp / "model.tar.gz"
-    package(iris_dir, archive, Settings())
-    port = free_port()
+def stand_in_env(moto_url: str, tmp: Path) -> dict[str, str]:
+    """A local runtime stand-in's environment: S3 on moto, the test's credentials, nothing else of AWS's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SAGEHOST_", "SM_", "AWS_"))}
     env.update(
         AWS_ENDPOINT_URL=moto_url,
@@ -67,6 +62,17 @@ def runtime(moto_url: str, iris_dir: Path, tmp_path_factory: pytest.TempPathFact
         AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
         AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-credentials"),
     )
+    return env
+
+
+@pytest.fixture(scope="module")
+def runtime(moto_url: str, iris_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+    """The SageMaker runtime's stand-in in front of the packaged demo model, with S3 on moto."""
+    tmp = tmp_path_factory.mktemp("runtime")
+    archive = tmp / "model.tar.gz"
+    package(iris_dir, archive, Settings())
+    port = free_port()
+    env = stand_in_env(moto_url, tmp)
     found = Runtime(f"http://127.0.0.1:{port}", tmp / "local-serve.log")
     command = [sys.executable, "-c", LOCAL_SERVE, str(archive), str(port), OUTPUT, FAILURE]
     with found.log_path.open("wb") as log:
