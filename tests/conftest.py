@@ -261,3 +261,17 @@ def local_endpoint(args: list[str], tmp: Path) -> Iterator[LocalEndpoint]:
         yield endpoint
     finally:
         endpoint.stop()
+
+
+def slow_model_dir(iris_dir: Path, tmp: Path, seconds: float) -> Path:
+    """The demo model behind an inference.py whose model_fn takes `seconds`: a model that loads slowly."""
+    model_dir = tmp / "slow"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "model.joblib").write_bytes((iris_dir / "model.joblib").read_bytes())
+    (model_dir / "code" / "inference.py").write_text(
+        "import time, joblib, os\n"
+        "def model_fn(model_dir):\n"
+        f"    time.sleep({seconds})\n"
+        "    return joblib.load(os.path.join(model_dir, 'model.joblib'))\n"
+    )
+    return model_dir

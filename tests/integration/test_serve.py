@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import Server, running, start_server
+from tests.conftest import Server, running, slow_model_dir, start_server
 from tests.integration import toy_models
 
 ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -219,15 +219,7 @@ def test_model_tar_gz_in_a_read_only_dir(iris_dir: Path, tmp_path: Path) -> None
 
 
 def test_ping_is_503_while_the_model_loads(iris_dir: Path, tmp_path: Path) -> None:
-    model_dir = tmp_path / "slow"
-    (model_dir / "code").mkdir(parents=True)
-    (model_dir / "model.joblib").write_bytes((iris_dir / "model.joblib").read_bytes())
-    (model_dir / "code" / "inference.py").write_text(
-        "import time, joblib, os\n"
-        "def model_fn(model_dir):\n"
-        "    time.sleep(2)\n"
-        "    return joblib.load(os.path.join(model_dir, 'model.joblib'))\n"
-    )
+    model_dir = slow_model_dir(iris_dir, tmp_path, seconds=2)
     server = start_server(model_dir, tmp_path, wait=False)
     try:
         deadline = time.monotonic() + 10

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from sagehost.http.loading import HEAD_CAP, HEAD_TIMEOUT_S, MAX_OPEN, LoadingResponder
-from tests.conftest import Server, free_port, running, start_proxy, start_server
+from tests.conftest import Server, free_port, running, slow_model_dir, start_proxy, start_server
 from tests.integration.test_proxy import children_of, fake, parent_of, scorer_pid
 
 ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -223,15 +223,7 @@ def test_a_killed_proxy_worker_is_replaced_and_the_scoring_server_kept(tmp_path:
 
 
 def test_idle_connections_do_not_stop_the_503_while_workers_load(iris_dir: Path, tmp_path: Path) -> None:
-    model_dir = tmp_path / "slow"
-    (model_dir / "code").mkdir(parents=True)
-    (model_dir / "model.joblib").write_bytes((iris_dir / "model.joblib").read_bytes())
-    (model_dir / "code" / "inference.py").write_text(
-        "import time, joblib, os\n"
-        "def model_fn(model_dir):\n"
-        "    time.sleep(4)\n"
-        "    return joblib.load(os.path.join(model_dir, 'model.joblib'))\n"
-    )
+    model_dir = slow_model_dir(iris_dir, tmp_path, seconds=4)
     server = start_server(model_dir, tmp_path, {"SAGEHOST_WORKERS": "2"}, "--no-preload", wait=False)
     host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1])
     try:
