@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,35 @@ def test_several_queued_at_once_all_finish_before_the_gateway_stops(container: S
     outputs = {f"{OUT}/{a.json()['InferenceId']}.out" for a in answers}
     assert len(outputs) == 10
     assert {uri for uri in bucket.objects if uri.startswith(OUT)} == outputs
+
+
+def test_a_flood_of_async_invocations_is_throttled_not_queued_without_bound(container: Server) -> None:
+    gate = threading.Event()
+
+    class SlowBucket(Bucket):
+        def read(self, uri: str, limit: int) -> bytes:
+            gate.wait(timeout=30)  # every job stays queued until the flood is in
+            return super().read(uri, limit)
+
+    bucket = SlowBucket()
+    gateway = Gateway(REALTIME, container.url, bucket.config())
+
+    async def flood() -> list[int]:
+        transport = httpx.ASGITransport(app=gateway)
+        async with gateway, httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            statuses = []
+            for _ in range(1001):
+                answer = await client.post("/endpoints/iris/async-invocations", **queued("s3://in/missing.csv"))
+                statuses.append(answer.status_code)
+            last = answer
+            gate.set()
+        assert last.headers["x-amzn-errortype"] == "ThrottlingException:"
+        assert "already queued" in last.json()["message"]
+        return statuses
+
+    statuses = asyncio.run(flood())
+    assert statuses == [202] * 1000 + [429]
+    assert len([uri for uri in bucket.objects if uri.startswith(FAILED)]) == 1000  # every queued one answered
 
 
 @pytest.mark.parametrize(

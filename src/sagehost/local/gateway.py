@@ -69,6 +69,9 @@ ASYNC_TIMEOUT_S = 900
 _ASYNC_MAX_TIMEOUT_S = 3600
 _ASYNC_INLINE_BYTES = 128_000  # InvokeEndpointAsync's own Body, instead of an InputLocation
 _ASYNC_AT_ONCE = 4  # invocations read and run at once; more wait their turn, as on an instance
+# Queued async invocations held at most (each may hold an inline body): past it, the runtime's
+# throttling answer, so a flood of requests cannot grow the stand-in without bound.
+_ASYNC_MAX_QUEUED = 1000
 _CONTAINER = "primary"  # the name SageMaker gives a single-container endpoint's container
 # GET paths SageMaker calls, with its timeouts: /ping's 2 s; Batch Transform's /execution-parameters.
 _PLATFORM_GETS = {"/ping": 2.0, "/execution-parameters": 10.0}
@@ -316,6 +319,12 @@ class Gateway:
             return _validation(
                 f"Endpoint {name} is not an asynchronous endpoint: start `sagehost local serve` with "
                 "--async-output s3://BUCKET/PREFIX to answer InvokeEndpointAsync."
+            )
+        if len(self._jobs) >= _ASYNC_MAX_QUEUED:
+            return _json(
+                429,
+                {"message": f"{_ASYNC_MAX_QUEUED} async invocations are already queued here; retry shortly."},
+                (b"x-amzn-ErrorType", b"ThrottlingException:"),
             )
         location = headers.get("x-amzn-sagemaker-inputlocation", "")
         if bool(location) == bool(inline):
