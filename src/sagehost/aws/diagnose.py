@@ -10,9 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), advice)
-    for pattern, advice in (
+Causes = tuple[tuple[re.Pattern[str], str], ...]
+"""Known causes: a pattern of the reason or the log lines, and the advice for it."""
+
+
+def causes(table: Iterable[tuple[str, str]]) -> Causes:
+    return tuple((re.compile(pattern, re.IGNORECASE), advice) for pattern, advice in table)
+
+
+_CAUSES = causes(
+    (
         (
             r"exec format error|exec user process caused",
             "The image was built for another CPU architecture (arm64 on Apple Silicon?). "
@@ -58,9 +65,11 @@ _CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
-def diagnose(reason: str, log_lines: Iterable[str] = ()) -> list[str]:
+def diagnose(reason: str, log_lines: Iterable[str] = (), first: Causes = ()) -> list[str]:
     """The advice for each known cause in the logs, then in the reason: the logs name the root cause
-    (exec format error) where the reason names its effect (the ping health check failed)."""
+    (exec format error) where the reason names its effect (the ping health check failed). `first`:
+    a caller's own causes (a transform job's), tried before the endpoint's."""
+    table = (*first, *_CAUSES)
     text = "\n".join(log_lines)
-    found = [advice for pattern, advice in _CAUSES if pattern.search(text)]
-    return found + [advice for pattern, advice in _CAUSES if pattern.search(reason) and advice not in found]
+    found = [advice for pattern, advice in table if pattern.search(text)]
+    return found + [advice for pattern, advice in table if pattern.search(reason) and advice not in found]

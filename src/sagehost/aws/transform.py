@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
+from sagehost.aws.diagnose import causes, diagnose
 from sagehost.aws.errors import AwsNotFound, AwsOptionError, AwsPermissionDenied, DeployFailed
 from sagehost.errors import ConfigError
 
@@ -345,9 +346,9 @@ def until_done(
         interval = min(interval * 2, POLL_MAX_S)
 
 
-_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern, re.IGNORECASE), advice)
-    for pattern, advice in (
+# A transform job's own causes, tried before an endpoint's (sagehost.aws.diagnose).
+_CAUSES = causes(
+    (
         (
             r"\b413\b|too large|payload",
             "A request was over the container's payload limit: split the input (--split-type Line with "
@@ -368,18 +369,13 @@ _CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 
 
 def failure_report(name: str, final: Mapping[str, Any], lines: list[str], spec: TransformSpec) -> str:
-    from sagehost.aws.diagnose import diagnose
-
     reason = str(final.get("FailureReason") or "SageMaker gave no reason.")
     report = [f"Transform job {name} is {final.get('TransformJobStatus')}.", f"Reason: {reason}"]
     if lines:
         report += [f"Last log lines ({LOG_GROUP}, {name}/…):", *(f"  | {line}" for line in lines)]
     else:
         report.append(f"No log lines of {name} in {LOG_GROUP}.")
-    text = "\n".join([*lines, reason])
-    found = [advice for pattern, advice in _CAUSES if pattern.search(text)]
-    found += [advice for advice in diagnose(reason, lines) if advice not in found]
-    report += [f"Likely cause: {advice}" for advice in found]
+    report += [f"Likely cause: {advice}" for advice in diagnose(reason, lines, first=_CAUSES)]
     report.append(f"Input objects that did succeed have their .out under {spec.output}.")
     return "\n".join(report)
 
