@@ -149,7 +149,17 @@ def serve(**params: Any) -> None:
         sys.exit(run_proxy(settings))
     from sagehost.server import serve as run
 
-    sys.exit(run(settings))
+    _exit_at_once(run(settings))
+
+
+def _exit_at_once(code: int) -> None:
+    """Leave without Python's teardown once the server has drained: a model runtime's own teardown
+    at exit (a JVM's DestroyJavaVM, say) could hang or abort after a clean drain. Forked workers
+    leave this way already."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def serve_settings(params: Mapping[str, Any]) -> Settings:
