@@ -32,7 +32,7 @@ class FastPath(Protocol):
 
 
 def compile_for(estimator: Any, spec: ModelSpec) -> FastPath | None:
-    path = _build(estimator)
+    path = build_path(estimator)
     if path is None or spec.n_features is None:
         return None
     if not _agrees(path, estimator, spec):
@@ -42,7 +42,9 @@ def compile_for(estimator: Any, spec: ModelSpec) -> FastPath | None:
     return path
 
 
-def _build(estimator: Any) -> FastPath | None:
+def build_path(estimator: Any) -> FastPath | None:
+    """The lean path for a fitted estimator of a type we cover (exact types), unchecked; None
+    for any other. Callers prove it with the library before use (as `compile_for` does)."""
     try:
         from sklearn.ensemble import (
             ExtraTreesClassifier,
