@@ -13,15 +13,19 @@ is served by the library alone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
+from sagehost.models.trees import forest, hgb, lgbm, xgb
+from sagehost.models.trees.flat import FlatTrees
+from sagehost.models.trees.path import FLOAT64_TOLERANCE
 from sagehost.predictor import ModelSpec
 
 log = logging.getLogger("sagehost.models")
 
-_CHUNK_ROWS = 2048  # bounds the (rows x trees) index arrays for big Batch Transform payloads
+Array = np.ndarray[Any, Any]
 
 
 class FastPath(Protocol):
@@ -35,95 +39,66 @@ def compile_for(estimator: Any, spec: ModelSpec) -> FastPath | None:
     path = build_path(estimator)
     if path is None or spec.n_features is None:
         return None
-    if not _agrees(path, estimator, spec):
-        log.warning("Lean path for %s disagreed with scikit-learn; using the library.", type(estimator).__name__)
-        return None
-    log.info("Lean predict path on for %s (%s).", type(estimator).__name__, ", ".join(sorted(path.methods)))
-    return path
+    frame = _framer(spec)
+    return proven(path, lambda x, method: getattr(estimator, method)(frame(x)), spec.n_features,
+                  type(estimator).__name__, methods=spec.methods)
 
 
 def build_path(estimator: Any) -> FastPath | None:
     """The lean path for a fitted estimator of a type we cover (exact types), unchecked; None
     for any other. Callers prove it with the library before use (as `compile_for` does)."""
-    try:
-        from sklearn.ensemble import (
-            ExtraTreesClassifier,
-            ExtraTreesRegressor,
-            RandomForestClassifier,
-            RandomForestRegressor,
-        )
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        return None
     kind = type(estimator)  # exact types: a subclass may change predict
-    if kind in (RandomForestClassifier, ExtraTreesClassifier) and estimator.n_outputs_ == 1:
-        return TreeEnsemble(estimator, classifier=True)
-    if kind in (RandomForestRegressor, ExtraTreesRegressor) and estimator.n_outputs_ == 1:
-        return TreeEnsemble(estimator, classifier=False)
-    if kind is LogisticRegression:
+    builder = _BUILDERS.get((kind.__module__.split(".")[0], kind.__name__))
+    if builder is None:
+        return None
+    try:
+        return builder(estimator)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a model shape we do not read
+        log.info("No lean path for %s: %s", kind.__name__, exc)
+        return None
+
+
+def _sklearn(estimator: Any) -> FastPath | None:
+    from sklearn import ensemble, linear_model
+
+    kind = type(estimator)
+    if kind in (ensemble.RandomForestClassifier, ensemble.ExtraTreesClassifier) and estimator.n_outputs_ == 1:
+        return forest.path(estimator, classifier=True)
+    if kind in (ensemble.RandomForestRegressor, ensemble.ExtraTreesRegressor) and estimator.n_outputs_ == 1:
+        return forest.path(estimator, classifier=False)
+    if kind in (ensemble.HistGradientBoostingClassifier, ensemble.HistGradientBoostingRegressor):
+        return hgb.path(estimator)
+    if kind is linear_model.LogisticRegression:
         return Logistic(estimator)
     return None
 
 
-class TreeEnsemble:
-    """All trees of a forest flattened into arrays and walked together, level by level."""
+def _xgboost(estimator: Any) -> FastPath | None:
+    import xgboost
 
-    def __init__(self, forest: Any, classifier: bool) -> None:
-        trees = [e.tree_ for e in forest.estimators_]
-        offsets = np.cumsum([0] + [t.node_count for t in trees[:-1]])
-        self.roots = offsets.astype(np.intp)
-        self.depth = max(t.max_depth for t in trees)
-        leaf_self = [np.arange(t.node_count) for t in trees]
-        # A leaf points at itself, so walking past it is harmless and every tree takes `depth` steps.
-        self.left = np.concatenate(
-            [
-                np.where(t.children_left < 0, own, t.children_left) + off
-                for t, own, off in zip(trees, leaf_self, offsets, strict=False)
-            ]
-        ).astype(np.intp)
-        self.right = np.concatenate(
-            [
-                np.where(t.children_right < 0, own, t.children_right) + off
-                for t, own, off in zip(trees, leaf_self, offsets, strict=False)
-            ]
-        ).astype(np.intp)
-        self.feature = np.concatenate([np.maximum(t.feature, 0) for t in trees]).astype(np.intp)
-        self.threshold = np.concatenate([t.threshold for t in trees])
-        if classifier:
-            n_classes = int(forest.n_classes_)
-            self.value = np.concatenate([t.value[:, 0, :n_classes] for t in trees])
-            self.classes = forest.classes_
-            self.methods = frozenset({"predict", "predict_proba"})
-        else:
-            self.value = np.concatenate([t.value[:, 0, 0] for t in trees])
-            self.classes = None
-            self.methods = frozenset({"predict"})
-        self.n_trees = len(trees)
+    if type(estimator) in (xgboost.XGBClassifier, xgboost.XGBRegressor):
+        return xgb.wrapper_path(estimator)
+    return None
 
-    def predict(self, x: np.ndarray[Any, Any], method: str) -> np.ndarray[Any, Any] | None:
-        if method not in self.methods:
-            return None
-        x32 = np.ascontiguousarray(x, dtype=np.float32)  # the dtype scikit-learn's trees compare in
-        if np.isnan(x32).any():
-            return None  # missing values follow per-node rules: leave them to the library
-        parts = [self._mean(x32[i : i + _CHUNK_ROWS]) for i in range(0, len(x32), _CHUNK_ROWS)]
-        mean = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        if self.classes is None or method == "predict_proba":
-            return mean
-        result: np.ndarray[Any, Any] = self.classes.take(np.argmax(mean, axis=1), axis=0)
-        return result
 
-    def _mean(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        flat = x.ravel()
-        base = (np.arange(len(x), dtype=np.intp) * x.shape[1])[:, None]
-        node = np.broadcast_to(self.roots, (len(x), self.n_trees))
-        for _ in range(self.depth):
-            go_left = flat[base + self.feature[node]] <= self.threshold[node]
-            node = np.where(go_left, self.left[node], self.right[node])
-        leaves = self.value[node]
-        # cumsum adds tree by tree, in the forest's order: the same sums, bit for bit.
-        total: np.ndarray[Any, Any] = np.cumsum(leaves, axis=1)[:, -1] / self.n_trees
-        return total
+def _lightgbm(estimator: Any) -> FastPath | None:
+    import lightgbm
+
+    if type(estimator) in (lightgbm.LGBMClassifier, lightgbm.LGBMRegressor):
+        return lgbm.wrapper_path(estimator)
+    return None
+
+
+_BUILDERS: dict[tuple[str, str], Callable[[Any], FastPath | None]] = {
+    **{("sklearn", name): _sklearn for name in (
+        "RandomForestClassifier", "ExtraTreesClassifier", "RandomForestRegressor", "ExtraTreesRegressor",
+        "HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "LogisticRegression",
+    )},
+    ("xgboost", "XGBClassifier"): _xgboost,
+    ("xgboost", "XGBRegressor"): _xgboost,
+    ("lightgbm", "LGBMClassifier"): _lightgbm,
+    ("lightgbm", "LGBMRegressor"): _lightgbm,
+}
 
 
 class Logistic:
@@ -159,35 +134,51 @@ class Logistic:
         return proba
 
 
-def _agrees(path: FastPath, estimator: Any, spec: ModelSpec) -> bool:
-    x = _probe_rows(path, spec.n_features or 0)
-    frame: Any = x
-    if spec.feature_names is not None:
-        import pandas as pd
+def proven(
+    path: FastPath,
+    library: Callable[[Array, str], Any],
+    width: int,
+    name: str,
+    methods: frozenset[str] | None = None,
+) -> FastPath | None:
+    """`path` if it gives the library's answers on probe rows for every method both offer, else
+    None (logged): a lean path is only ever used where it was seen to agree."""
+    for method in sorted(path.methods & (methods if methods is not None else path.methods)):
+        for rows, must_answer in _probe_rows(path, width):
+            ours = path.predict(rows, method)
+            if ours is None and not must_answer:
+                continue  # rows this path leaves to the library
+            if ours is None or not _same(ours, np.asarray(library(rows, method)), path):
+                log.warning("Lean path for %s disagreed with the library on %s; using the library.", name, method)
+                return None
+    log.info("Lean predict path on for %s (%s).", name, ", ".join(sorted(path.methods)))
+    return path
 
-        frame = pd.DataFrame(x, columns=list(spec.feature_names))
-    for method in sorted(path.methods & spec.methods):
-        ours = path.predict(x, method)
-        theirs = np.asarray(getattr(estimator, method)(frame))
-        if ours is None or ours.shape != theirs.shape:
-            return False
-        if theirs.dtype.kind in "fc":
-            if not np.allclose(ours, theirs, rtol=1e-9, atol=1e-12):
-                return False
-        elif not np.array_equal(ours, theirs):
-            return False
-    return True
+
+def _same(ours: Array, theirs: Array, path: FastPath) -> bool:
+    if ours.shape != theirs.shape:
+        return False
+    if theirs.dtype.kind in "fc":
+        rtol, atol = getattr(path, "tolerance", FLOAT64_TOLERANCE)
+        return bool(np.allclose(ours, theirs, rtol=rtol, atol=atol, equal_nan=True))
+    return bool(np.array_equal(ours, theirs))
 
 
-def _probe_rows(path: FastPath, width: int) -> np.ndarray[Any, Any]:
+def _framer(spec: ModelSpec) -> Callable[[Array], Any]:
+    """Rows as the estimator was fitted on them: a DataFrame when it knows column names."""
+    if spec.feature_names is None:
+        return lambda x: x
+    import pandas as pd
+
+    columns = list(spec.feature_names)
+    return lambda x: pd.DataFrame(x, columns=columns)
+
+
+def _probe_rows(path: FastPath, width: int) -> list[tuple[Array, bool]]:
+    """(rows, whether the path must answer them itself)."""
+    trees = getattr(path, "trees", None)
+    if isinstance(trees, FlatTrees):
+        clean, edge = trees.probe_rows(width)
+        return [(clean, True), (edge, False), (clean[:1], True)]
     rng = np.random.default_rng(0)
-    if isinstance(path, TreeEnsemble):
-        # Spread each feature across its split points so the probe visits many leaves.
-        low = np.full(width, -1.0)
-        high = np.full(width, 1.0)
-        for f in range(width):
-            used = path.threshold[(path.feature == f) & (path.left != path.right)]
-            if used.size:
-                low[f], high[f] = used.min() - 1, used.max() + 1
-        return rng.uniform(low, high, size=(256, width))
-    return rng.normal(size=(256, width)) * 3
+    return [(rng.normal(size=(256, width)) * 3, True)]

@@ -1,0 +1,169 @@
+"""All trees of an ensemble flattened into node arrays and walked together, level by level.
+
+A tree library routes one row at a time through one tree at a time; for a small batch the
+per-call overhead of that dwarfs the comparisons. Here every (row, tree) pair moves one level per
+numpy gather, so a 100-tree, depth-6 model costs six rounds of array operations per batch.
+
+Every family's split is put in one form: a row goes left when `x <= threshold`, a NaN goes where
+`nan_left` says, and (LightGBM's zero-as-missing) an exact zero where `zero_left` says. Leaves
+point at themselves, so walking past a leaf is harmless and every tree takes `depth` steps.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Array = np.ndarray[Any, Any]
+
+_CHUNK_ROWS = 2048  # bounds the (rows x trees) index arrays for big Batch Transform payloads
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One tree as each family's converter gives it. Node i sends a row left when
+    `x[feature[i]] <= threshold[i]`; `left[i] < 0` marks a leaf, whose output is `value[i]`."""
+
+    feature: Array
+    threshold: Array
+    left: Array
+    right: Array
+    value: Array
+    """(nodes,) for boosted trees; (nodes, classes) for a forest's class fractions."""
+    nan_left: Array | None = None
+    """Where a NaN goes at each node; None: this family's lean path does not take NaN."""
+    zero_left: Array | None = None
+    """Where an exact zero goes at each node, when that is not where the comparison sends it."""
+    group: int = 0
+    """The output column this tree adds to: the class, for one-tree-per-class boosting."""
+
+
+def constant(value: Any, group: int = 0) -> Tree:
+    """A one-leaf tree: a boosted model's starting score, summed first as the library adds it."""
+    leaf = np.full(1, -1, dtype=np.intp)
+    return Tree(
+        feature=np.zeros(1, dtype=np.intp),
+        threshold=np.zeros(1),
+        left=leaf,
+        right=leaf,
+        value=np.asarray([value]),
+        nan_left=np.zeros(1, dtype=bool),
+        group=group,
+    )
+
+
+class FlatTrees:
+    """Trees grouped by output column (each group's trees in their own order), flattened."""
+
+    def __init__(self, trees: Sequence[Tree]) -> None:
+        ordered = sorted(trees, key=lambda t: t.group)  # stable: a group's trees keep their order
+        per_group = Counter(t.group for t in ordered)
+        if sorted(per_group) != list(range(len(per_group))) or len(set(per_group.values())) != 1:
+            raise ValueError("every output column needs the same number of trees")
+        self.n_groups = len(per_group)
+        self.per_group = per_group[0]
+        sizes = [len(t.feature) for t in ordered]
+        offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
+        self.roots = offsets
+        left = np.concatenate([np.where(t.left < 0, -1, t.left + off) for t, off in zip(ordered, offsets, strict=True)])
+        right = np.concatenate([np.where(t.left < 0, -1, t.right + off) for t, off in zip(ordered, offsets, strict=True)])
+        self.depth = _depth(offsets, left, right)
+        own = np.arange(len(left), dtype=np.intp)
+        # Children side by side: node i's next node is kids[2*i + went_right].
+        self.kids = np.column_stack([np.where(left < 0, own, left), np.where(left < 0, own, right)]).ravel()
+        self.internal = left >= 0
+        self.feature = np.concatenate([t.feature for t in ordered]).astype(np.intp)
+        self.threshold = np.concatenate([t.threshold for t in ordered]).astype(np.float64)
+        self.value = np.concatenate([t.value for t in ordered])
+        by_comparison = self.threshold < 0  # where a zero goes by `0 <= threshold`: right iff threshold < 0
+        self.nan_right = _right_of(ordered, "nan_left", None)
+        zero_right = _right_of(ordered, "zero_left", by_comparison)
+        differs = zero_right is not None and bool((zero_right != by_comparison)[self.internal].any())
+        self.zero_right = zero_right if differs else None
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.roots)
+
+    def sums(self, x: Array) -> Array | None:
+        """Each group's leaves summed in tree order: (rows, groups[, classes]); None when the batch
+        holds a NaN and these trees do not say where NaN goes. `x` is float64, C-contiguous."""
+        nan = bool(np.isnan(x).any())
+        if nan and self.nan_right is None:
+            return None
+        zero = self.zero_right is not None and bool((x == 0).any())
+        parts = [self._sums(x[i : i + _CHUNK_ROWS], nan, zero) for i in range(0, len(x), _CHUNK_ROWS)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _sums(self, x: Array, nan: bool, zero: bool) -> Array:
+        flat = x.ravel()
+        base = (np.arange(len(x), dtype=np.intp) * x.shape[1])[:, None]
+        node = np.broadcast_to(self.roots, (len(x), self.n_trees))
+        for _ in range(self.depth):
+            v = flat[base + self.feature[node]]
+            right = v > self.threshold[node]  # NaN compares False: settled just below
+            if nan:
+                right = np.where(np.isnan(v), self.nan_right[node], right)  # type: ignore[index]
+            if zero:
+                right = np.where(v == 0, self.zero_right[node], right)  # type: ignore[index]
+            node = self.kids[2 * node + right]
+        leaves = self.value[node].reshape(len(x), self.n_groups, self.per_group, *self.value.shape[1:])
+        # cumsum adds tree by tree in the library's order and dtype: the same sums, bit for bit.
+        total: Array = np.cumsum(leaves, axis=2)[:, :, -1]
+        return total
+
+    def probe_rows(self, width: int) -> tuple[Array, Array]:
+        """Rows to prove a lean path with: (rows spread over every feature's split points, so they
+        visit many leaves, with some exactly on thresholds; the same with edge values: zeros, tiny,
+        ±1e30 and NaN)."""
+        rng = np.random.default_rng(0)
+        low, high = np.full(width, -1.0), np.full(width, 1.0)
+        on_split: list[Array] = []
+        for f in range(width):
+            used = self.threshold[(self.feature == f) & self.internal]
+            if used.size:
+                low[f], high[f] = used.min() - 1, used.max() + 1
+            as32 = used.astype(np.float32)
+            near = np.concatenate([used, as32, np.nextafter(as32, np.float32(np.inf))]) if used.size else np.zeros(1)
+            on_split.append(rng.choice(near.astype(np.float64), size=128))
+        spread = rng.uniform(low, high, size=(256, width))
+        exact = np.column_stack(on_split) if width else np.zeros((128, 0))
+        clean = np.concatenate([spread, exact])
+        edge = clean.copy()
+        mask = rng.random(edge.shape)
+        edge[mask < 0.1] = 0.0
+        edge[(mask >= 0.1) & (mask < 0.13)] = 1e-36
+        edge[(mask >= 0.13) & (mask < 0.16)] = 1e30
+        edge[(mask >= 0.16) & (mask < 0.19)] = -1e30
+        edge[mask >= 0.85] = np.nan
+        return clean, edge
+
+
+def _right_of(trees: Sequence[Tree], name: str, default: Array | None) -> Array | None:
+    parts: list[Array] = []
+    start = 0
+    for tree in trees:
+        own = getattr(tree, name)
+        n = len(tree.feature)
+        if own is None and default is None:
+            return None
+        parts.append(~np.asarray(own, dtype=bool) if own is not None else default[start : start + n])  # type: ignore[index]
+        start += n
+    return np.concatenate(parts)
+
+
+def _depth(roots: Array, left: Array, right: Array) -> int:
+    """The longest root-to-leaf path, one level of every tree at a time."""
+    frontier, depth = roots, 0
+    while True:
+        frontier = frontier[left[frontier] >= 0]
+        if not frontier.size:
+            return depth
+        depth += 1
+        if depth > len(left):
+            raise ValueError("the trees' child links form a cycle")
+        frontier = np.concatenate([left[frontier], right[frontier]])

@@ -1,0 +1,61 @@
+"""scikit-learn's HistGradientBoostingClassifier/Regressor, as its predictors compute: float64
+inputs, `x <= num_threshold` on the raw value, NaN where `missing_go_to_left` says; raw scores
+= baseline + each iteration's tree, in order; then the loss's own inverse link.
+
+Categorical splits (bitsets over category codes, with the fitted ordinal encoder in front) stay
+with the library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sagehost.models.trees.flat import Array, FlatTrees, Tree, constant
+from sagehost.models.trees.path import TreePath, as_float64, labels
+
+
+def path(model: Any) -> TreePath | None:
+    categorical = getattr(model, "is_categorical_", None)
+    if getattr(model, "_preprocessor", None) is not None or (categorical is not None and categorical.any()):
+        return None
+    baseline = np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1)
+    trees = [constant(b, group=k) for k, b in enumerate(baseline)]
+    for iteration in model._predictors:
+        for k, predictor in enumerate(iteration):
+            tree = _tree(predictor.nodes, k)
+            if tree is None:
+                return None
+            trees.append(tree)
+    flat = FlatTrees(trees)
+    loss = model._loss
+    if not hasattr(model, "classes_"):
+        return TreePath(flat, {"predict": lambda raw: loss.link.inverse(raw.ravel())}, prepare=as_float64)
+    classes = model.classes_
+
+    def predict(raw: Array) -> Array:
+        if raw.shape[1] == 1:  # as the library decides: "> 0", so a tie goes to the first class
+            return labels(classes, (raw.ravel() > 0).astype(int))
+        return labels(classes, np.argmax(raw, axis=1))
+
+    def decision(raw: Array) -> Array:
+        return raw.ravel() if raw.shape[1] == 1 else raw
+
+    outputs = {"predict": predict, "predict_proba": loss.predict_proba, "decision_function": decision}
+    return TreePath(flat, outputs, prepare=as_float64)
+
+
+def _tree(nodes: Array, group: int) -> Tree | None:
+    if nodes["is_categorical"].any():
+        return None
+    leaf = nodes["is_leaf"].astype(bool)
+    return Tree(
+        feature=nodes["feature_idx"].astype(np.intp),
+        threshold=nodes["num_threshold"].astype(np.float64),
+        left=np.where(leaf, -1, nodes["left"].astype(np.intp)),
+        right=np.where(leaf, -1, nodes["right"].astype(np.intp)),
+        value=nodes["value"].astype(np.float64),
+        nan_left=nodes["missing_go_to_left"].astype(bool),
+        group=group,
+    )

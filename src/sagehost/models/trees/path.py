@@ -1,0 +1,65 @@
+"""A lean predict path over flattened trees: the library's input rounding, one walk, then the
+library's arithmetic from summed leaves to each method's answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import numpy as np
+
+from sagehost.models.trees.flat import Array, FlatTrees
+
+# float64 libraries (LightGBM, HistGradientBoosting, forests) agree to rounding in the last bits;
+# XGBoost sums and links in float32, where numpy's expf and the order of a softmax may move the
+# last few bits: compare probabilities with rtol 1e-5 / atol 1e-6 there.
+FLOAT64_TOLERANCE = (1e-9, 1e-12)
+FLOAT32_TOLERANCE = (1e-5, 1e-6)
+
+
+class TreePath:
+    """A FastPath: `outputs` maps each method to the arithmetic on the (rows, groups) sums."""
+
+    def __init__(
+        self,
+        trees: FlatTrees,
+        outputs: Mapping[str, Callable[[Array], Array]],
+        *,
+        prepare: Callable[[Array], Array],
+        tolerance: tuple[float, float] = FLOAT64_TOLERANCE,
+    ) -> None:
+        self.trees = trees
+        self.methods = frozenset(outputs)
+        self.tolerance = tolerance
+        self._outputs = dict(outputs)
+        self._prepare = prepare
+
+    def predict(self, x: Array, method: str) -> Array | None:
+        finish = self._outputs.get(method)
+        if finish is None:
+            return None
+        sums = self.trees.sums(self._prepare(x))
+        return None if sums is None else finish(sums)
+
+
+def as_float64(x: Array) -> Array:
+    return np.ascontiguousarray(x, dtype=np.float64)
+
+
+def via_float32(x: Array) -> Array:
+    """The values a float32 library compares: each input rounded to float32 (beyond its range, ±inf)."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(x, dtype=np.float32).astype(np.float64)
+
+
+def labels(classes: Array, index: Array) -> Array:
+    taken: Array = classes.take(index, axis=0)
+    return taken
+
+
+def with_errstate(fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """Links whose exp overflows for extreme scores give 0 or 1 as the library does, silently."""
+
+    def quiet(z: Array) -> Array:
+        with np.errstate(over="ignore", under="ignore"):
+            return fn(z)
+
+    return quiet
