@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
 
 from sagehost.config import METHODS, Method
 from sagehost.errors import ModelLoadError
-from sagehost.models import fast
+from sagehost.models import fast, lean
 from sagehost.models.arrays import require_method
 from sagehost.predictor import ColumnKind, ModelSpec, Outputs, Rows
+
+log = logging.getLogger("sagehost.models")
 
 
 class EstimatorModel:
@@ -26,7 +29,11 @@ class EstimatorModel:
         self._estimator = estimator
         self._spec = describe(estimator, description)
         self._fast = fast.compile_for(estimator, self._spec) if fast_path else None
-        if self._fast is not None:
+        self._pipeline = None
+        if fast_path and self._fast is None:
+            self._pipeline = lean.compile_pipeline(estimator, self._spec, lambda values: self.features(Rows(values)))
+        self._declined = 0
+        if self.uses_fast_path:
             self._spec = dataclasses.replace(self._spec, steady_cost=True)
 
     @property
@@ -35,7 +42,13 @@ class EstimatorModel:
 
     @property
     def uses_fast_path(self) -> bool:
-        return self._fast is not None
+        return self._fast is not None or self._pipeline is not None
+
+    @property
+    def declined(self) -> int:
+        """Batches the lean path left to the library (NaN for a forest, an unknown category under
+        handle_unknown="error", ...): the library answered, or raised, as it always does."""
+        return self._declined
 
     @property
     def estimator(self) -> Any:
@@ -43,13 +56,23 @@ class EstimatorModel:
 
     def predict(self, rows: Rows, method: Method) -> Outputs:
         require_method(method, self._spec)
-        values = rows.values
-        if self._fast is not None and isinstance(values, np.ndarray):
-            answer = self._fast.predict(values, method)
-            if answer is not None:
-                return answer
+        answer = self._lean_answer(rows.values, method)
+        if answer is not None:
+            return answer
         result: Outputs = getattr(self._estimator, method)(self.features(rows))
         return result
+
+    def _lean_answer(self, values: Any, method: Method) -> Outputs | None:
+        if self._pipeline is not None:
+            answer = self._pipeline.predict(values, method)
+        elif self._fast is not None and isinstance(values, np.ndarray):
+            answer = self._fast.predict(values, method)
+        else:
+            return None
+        if answer is None:
+            self._declined += 1
+            log.debug("The lean path declined a batch of %d rows (%s); scikit-learn answers it.", len(values), method)
+        return answer
 
     def features(self, rows: Rows) -> Any:
         """The estimator's input for a batch, built once for the whole batch."""

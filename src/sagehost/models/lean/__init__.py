@@ -1,0 +1,98 @@
+"""Lean paths for whole scikit-learn Pipelines: decoded rows to one float matrix, no DataFrame.
+
+A `Pipeline` of covered steps — ColumnTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler,
+MinMaxScaler, RobustScaler, SimpleImputer, the identity FunctionTransformer, nested Pipelines —
+ending in an estimator with a lean path of its own (`fast.build_path`) is compiled when the model
+loads, then proved against the library on probe rows (known and unknown categories, None, NaN,
+extreme numbers; one batch and single rows). Anything not covered, or any disagreement, and the
+library serves the model as before. At run time the lean path declines (returns None) whatever
+the library must judge — an unknown category under handle_unknown="error", infinities, NaN left
+for the final estimator — and the library answers, or raises, exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sagehost.models import fast
+from sagehost.models.lean.compose import Hints, Step, compile_chain
+from sagehost.models.lean.frame import Column, Kind, Layout, Uncovered, from_values
+from sagehost.models.lean.probe import agrees
+from sagehost.predictor import ColumnKind, ModelSpec
+
+log = logging.getLogger("sagehost.models")
+
+__all__ = ["LeanPipeline", "compile_pipeline"]
+
+
+class LeanPipeline:
+    """The pipeline's transforms as compiled steps, then the final estimator's lean path."""
+
+    def __init__(self, layout: Layout, transform: Step, final: fast.FastPath, methods: frozenset[str]) -> None:
+        self.layout = layout
+        self._transform = transform
+        self._final = final
+        self.methods = methods
+
+    def predict(self, values: Any, method: str) -> np.ndarray[Any, Any] | None:
+        """The answer for a batch of conformed rows, or None to let the library answer."""
+        if method not in self.methods:
+            return None
+        block = from_values(values, self.layout)
+        if block is None:
+            return None
+        out = self._transform(block)
+        if out is None:
+            return None
+        x = out.numbers
+        if not np.isfinite(x).all():
+            return None  # the final estimators refuse NaN and infinity: the library says how
+        return self._final.predict(x, method)
+
+
+def compile_pipeline(estimator: Any, spec: ModelSpec, features: Callable[[Any], Any]) -> LeanPipeline | None:
+    """The proven lean path for a covered Pipeline, else None. `features` builds the library's
+    input from conformed rows exactly as serving does, for the proof."""
+    try:
+        from sklearn import get_config
+        from sklearn.pipeline import Pipeline
+    except ImportError:
+        return None
+    if type(estimator) is not Pipeline:
+        return None
+    hints: Hints = {}
+    try:
+        if get_config().get("transform_output", "default") != "default":
+            raise Uncovered("sklearn.set_config(transform_output=...)")
+        lean = _build(estimator, spec, hints)
+    except Uncovered as why:
+        log.info("No lean path for %s: %s is not covered; scikit-learn serves it.", spec.description, why)
+        return None
+    if not agrees(lean, estimator, spec, features, hints):
+        log.warning("The lean path for %s disagreed with scikit-learn; the library serves it.", spec.description)
+        return None
+    log.info("Lean pipeline path on for %s (%s).", spec.description, ", ".join(sorted(lean.methods)))
+    return lean
+
+
+def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
+    if spec.n_features is None:
+        raise Uncovered("a model that does not say how many columns it reads")
+    kinds = spec.kinds or (ColumnKind.NUMBER,) * spec.n_features
+    layout: Layout = tuple(Column(Kind.TEXT if k is ColumnKind.TEXT else Kind.NUMBER, i) for i, k in enumerate(kinds))
+    if spec.feature_names is None and any(c.kind is Kind.TEXT for c in layout):
+        raise Uncovered("text columns without column names (an object array)")
+    *steps, (_, final) = pipeline.steps
+    transform, out = compile_chain([s for _, s in steps], layout, hints)
+    if any(c.kind is not Kind.NUMBER for c in out):
+        raise Uncovered("text reaching the final estimator")
+    path = fast.build_path(final)
+    if path is None:
+        raise Uncovered(f"the final estimator {type(final).__name__}")
+    if int(getattr(final, "n_features_in_", len(out))) != len(out):
+        raise Uncovered("a final estimator of another width")
+    return LeanPipeline(layout, transform, path, frozenset(path.methods) & spec.methods)

@@ -1,0 +1,142 @@
+"""Pipeline and ColumnTransformer: the covered steps composed, each decided when the model loads.
+
+A step compiles to a function block -> block (or None: "let the library answer this batch")
+and the layout of its output. Types are matched exactly: a subclass may change transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from sagehost.models.lean.encoders import OneHot, Ordinal
+from sagehost.models.lean.frame import Block, Kind, Layout, Selector, Uncovered, numbers_only
+from sagehost.models.lean.numeric import Identity, Imputer, MinMax, Robust, Standard
+
+Step = Callable[[Block], Block | None]
+Hints = dict[int, list[Any]]
+
+
+def compile_transformer(step: Any, layout: Layout, hints: Hints) -> tuple[Step, Layout]:
+    """A fitted transformer (or 'passthrough'/None in a Pipeline) as a lean step."""
+    if step is None or (isinstance(step, str) and step == "passthrough"):
+        return _identity, layout
+    _check_plain_output(step)
+    _check_width(step, layout)
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if type(step) is Pipeline:
+        return compile_chain([s for _, s in step.steps], layout, hints)
+    if type(step) is ColumnTransformer:
+        columns = Columns(step, layout, hints)
+        return columns, columns.layout
+    maker = _makers().get(type(step))
+    if maker is None:
+        raise Uncovered(type(step).__name__)
+    compiled = maker(step, layout, hints)
+    return compiled, compiled.layout
+
+
+def _makers() -> dict[type, Any]:
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import (
+        FunctionTransformer,
+        MinMaxScaler,
+        OneHotEncoder,
+        OrdinalEncoder,
+        RobustScaler,
+        StandardScaler,
+    )
+
+    return {
+        OneHotEncoder: OneHot,
+        OrdinalEncoder: Ordinal,
+        StandardScaler: Standard,
+        MinMaxScaler: MinMax,
+        RobustScaler: Robust,
+        SimpleImputer: Imputer,
+        FunctionTransformer: Identity,
+    }
+
+
+def compile_chain(steps: list[Any], layout: Layout, hints: Hints) -> tuple[Step, Layout]:
+    """Steps applied in turn, as a Pipeline's transforming steps are."""
+    compiled: list[Step] = []
+    for step in steps:
+        run, layout = compile_transformer(step, layout, hints)
+        if run is not _identity:
+            compiled.append(run)
+    if len(compiled) == 1:
+        return compiled[0], layout
+    return Chain(compiled), layout
+
+
+class Chain:
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+
+    def __call__(self, block: Block) -> Block | None:
+        for step in self.steps:
+            result = step(block)
+            if result is None:
+                return None
+            block = result
+        return block
+
+
+def _identity(block: Block) -> Block | None:
+    return block
+
+
+class Columns:
+    """ColumnTransformer: each part reads its columns (by the fitted index lists, whatever named
+    them: names, indices, masks, slices, selectors) and the outputs sit side by side in the
+    order of `transformers_`, the remainder last, as its `_hstack` puts them."""
+
+    def __init__(self, transformer: Any, layout: Layout, hints: Hints) -> None:
+        weights = transformer.transformer_weights or {}
+        self.parts: list[tuple[Selector, Step, float | None]] = []
+        out: list[Any] = []
+        for name, step, columns in transformer.transformers_:
+            if isinstance(step, str) and step == "drop":
+                continue
+            indices = list(transformer._transformer_to_input_indices[name])
+            if not indices:
+                continue
+            if np.isscalar(columns):
+                raise Uncovered("a ColumnTransformer part that selects one column as a 1-D vector")
+            select = Selector(layout, indices)
+            run, part_layout = compile_transformer(step, select.layout, hints)
+            if any(c.kind is not Kind.NUMBER for c in part_layout):
+                raise Uncovered("a ColumnTransformer part that outputs text")
+            weight = weights.get(name)
+            self.parts.append((select, run, None if weight is None else float(weight)))
+            out.extend(part_layout)
+        self.layout: Layout = tuple(out)
+
+    def __call__(self, block: Block) -> Block | None:
+        outputs = []
+        for select, run, weight in self.parts:
+            result = run(select(block))
+            if result is None:
+                return None
+            outputs.append(result.numbers if weight is None else result.numbers * weight)
+        if not outputs:
+            return numbers_only(np.zeros((block.rows, 0)))
+        return numbers_only(outputs[0] if len(outputs) == 1 else np.hstack(outputs))
+
+
+def _check_plain_output(step: Any) -> None:
+    """set_output(transform="pandas"/"polars") changes what the next step receives."""
+    config = getattr(step, "_sklearn_output_config", None) or {}
+    if config.get("transform", "default") != "default":
+        raise Uncovered(f"{type(step).__name__}.set_output(transform={config['transform']!r})")
+
+
+def _check_width(step: Any, layout: Layout) -> None:
+    width = getattr(step, "n_features_in_", None)
+    if width is not None and int(width) != len(layout):
+        raise Uncovered(f"{type(step).__name__} reads {width} columns where {len(layout)} arrive")

@@ -1,0 +1,137 @@
+"""Scalers, SimpleImputer and the identity FunctionTransformer: the library's own arithmetic,
+operation for operation (sklearn/preprocessing/_data.py, sklearn/impute/_base.py), so the
+numbers are the same bit for bit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sagehost.models.lean.frame import Array, Block, Column, Kind, Layout, Uncovered, is_nan, numbers_only
+
+
+def _numbers(layout: Layout, what: str) -> None:
+    if any(c.kind is not Kind.NUMBER for c in layout):
+        raise Uncovered(f"{what} on a text column")
+
+
+class Standard:
+    def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
+        _numbers(layout, "StandardScaler")
+        self.mean = scaler.mean_ if scaler.with_mean else None
+        self.scale = scaler.scale_ if scaler.with_std else None
+        _hint_spread(layout, hints, scaler.mean_, scaler.scale_)
+        self.layout = layout
+
+    def __call__(self, block: Block) -> Block | None:
+        x = block.numbers
+        if self.mean is not None:
+            x = x - self.mean
+        if self.scale is not None:
+            x = x / self.scale
+        return numbers_only(x)
+
+
+class MinMax:
+    def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
+        _numbers(layout, "MinMaxScaler")
+        self.scale, self.min = scaler.scale_, scaler.min_
+        self.clip = (float(scaler.feature_range[0]), float(scaler.feature_range[1])) if scaler.clip else None
+        _hint_spread(layout, hints, scaler.data_min_, scaler.data_range_)
+        _hint_spread(layout, hints, scaler.data_max_, scaler.data_range_)
+        self.layout = layout
+
+    def __call__(self, block: Block) -> Block | None:
+        x = block.numbers * self.scale
+        x += self.min
+        if self.clip is not None:
+            np.clip(x, self.clip[0], self.clip[1], out=x)
+        return numbers_only(x)
+
+
+class Robust:
+    def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
+        _numbers(layout, "RobustScaler")
+        self.center = scaler.center_ if scaler.with_centering else None
+        self.scale = scaler.scale_ if scaler.with_scaling else None
+        if scaler.center_ is not None and scaler.scale_ is not None:
+            _hint_spread(layout, hints, scaler.center_, scaler.scale_)
+        self.layout = layout
+
+    def __call__(self, block: Block) -> Block | None:
+        x = block.numbers
+        if self.center is not None:
+            x = x - self.center
+        if self.scale is not None:
+            x = x / self.scale
+        return numbers_only(x)
+
+
+class Identity:
+    """FunctionTransformer() with no function and no validation: the input, unchanged."""
+
+    def __init__(self, transformer: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
+        if transformer.func is not None or transformer.validate or transformer.kw_args:
+            raise Uncovered("FunctionTransformer with a function or validation")
+        self.layout = layout
+
+    def __call__(self, block: Block) -> Block | None:
+        return block
+
+
+class Imputer:
+    def __init__(self, imputer: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
+        if imputer.add_indicator:
+            raise Uncovered("SimpleImputer(add_indicator=True)")
+        kinds = {c.kind for c in layout}
+        if len(kinds) != 1:
+            raise Uncovered("SimpleImputer over text and number columns together")
+        self.text = kinds == {Kind.TEXT}
+        if imputer._fit_dtype.kind not in ("O" if self.text else "iuf"):
+            raise Uncovered(f"SimpleImputer fitted on {imputer._fit_dtype} data")
+        self.missing = imputer.missing_values
+        self.nan_missing = is_nan(self.missing)
+        if not self.text and not isinstance(self.missing, (int, float)):
+            raise Uncovered("SimpleImputer with a non-numeric missing_values on numbers")
+        statistics = imputer.statistics_
+        keep = np.ones(len(statistics), dtype=bool)
+        if not imputer.keep_empty_features:
+            keep = np.array([not is_nan(s) for s in statistics.tolist()], dtype=bool)
+        self.keep = None if keep.all() else np.flatnonzero(keep)
+        self.fill = statistics[keep] if self.text else statistics[keep].astype(np.float64)
+        self.layout: Layout = tuple(Column(c.kind, c.source) for c, k in zip(layout, keep, strict=True) if k)
+
+    def __call__(self, block: Block) -> Block | None:
+        if self.text:
+            return self._texts(block)
+        x = block.numbers
+        if self.nan_missing:
+            mask = np.isnan(x)
+        elif np.isnan(x).any():
+            return None  # the library refuses NaN when something else marks a missing value
+        else:
+            mask = x == self.missing
+        if self.keep is not None:
+            x, mask = x[:, self.keep], mask[:, self.keep]
+        x = np.where(mask, self.fill, x)
+        return numbers_only(x)
+
+    def _texts(self, block: Block) -> Block | None:
+        columns = block.texts if self.keep is None else [block.texts[i] for i in self.keep]
+        filled = [[f if self._missing(v) else v for v in column] for column, f in zip(columns, self.fill, strict=True)]
+        return Block(block.numbers[:, :0], list(filled))
+
+    def _missing(self, value: Any) -> bool:
+        if self.nan_missing:
+            return is_nan(value)
+        if self.missing is None:
+            return value is None
+        return bool(value == self.missing)
+
+
+def _hint_spread(layout: Layout, hints: dict[int, list[Any]], center: Array, spread: Array) -> None:
+    """Probe values for the request's number columns: around the training data, and far out."""
+    for column, c, s in zip(layout, np.asarray(center).tolist(), np.asarray(spread).tolist(), strict=True):
+        if column.source is not None:
+            hints.setdefault(column.source, []).extend([c, c - 2 * s, c + 3 * s, c + 1e6 * (s or 1.0)])

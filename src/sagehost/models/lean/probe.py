@@ -1,0 +1,91 @@
+"""The proof a lean pipeline gives before it serves: the library's answers on probe rows.
+
+Probe rows are built from what the fitted steps know (categories, centres and spreads) plus the
+edges a request can bring: an unknown category, None, an empty string, NaN, huge and tiny
+numbers. They go through in one typical batch (which the lean path must answer), one row at a
+time (a single row makes a column of None alone, which pandas types differently), and all edges
+in one batch. Where the library raises, the lean path must decline; where it answers, the lean
+path must decline or agree to rtol 1e-9.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sagehost.models.lean.frame import Kind, Layout
+from sagehost.predictor import ModelSpec
+
+if TYPE_CHECKING:
+    from sagehost.models.lean import LeanPipeline
+
+log = logging.getLogger("sagehost.models")
+
+_TYPICAL_ROWS = 64
+_TEXT_EDGES: tuple[Any, ...] = (None, "\u2400 never seen", "", "7")
+_NUMBER_EDGES = (float("nan"), 0.0, -0.0, 1e300, -1e300, 1e-300, 1e15, -7.0)
+
+
+def agrees(
+    lean: LeanPipeline, estimator: Any, spec: ModelSpec, features: Callable[[Any], Any], hints: dict[int, list[Any]]
+) -> bool:
+    rng = np.random.default_rng(0)
+    pools = [_pool(column.kind, hints.get(i, [])) for i, column in enumerate(lean.layout)]
+    typical = [[pool[rng.integers(len(pool))] for pool in pools] for _ in range(_TYPICAL_ROWS)]
+    edges = _edge_rows(lean.layout, typical[0])
+    batches = [(typical, True), *(([row], False) for row in edges), ([*edges, *typical[:8]], False)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "unknown categories ... encoded as all zeros"
+        for rows, must_answer in batches:
+            values = _conformed(rows, spec)
+            for method in sorted(lean.methods):
+                if not _same(lean, estimator, features, values, method, must_answer=must_answer):
+                    log.info("Lean pipeline probe disagreed on %d row(s), %s.", len(rows), method)
+                    return False
+    return True
+
+
+def _pool(kind: Kind, hinted: list[Any]) -> list[Any]:
+    if kind is Kind.TEXT:
+        known = [h for h in hinted if isinstance(h, str)]
+        return known or ["a"]
+    numbers = [float(h) for h in hinted if isinstance(h, (int, float)) and np.isfinite(h)]
+    return numbers or [-3.0, -0.5, 0.0, 0.25, 1.0, 2.0, 5.0]
+
+
+def _edge_rows(layout: Layout, base: list[Any]) -> list[list[Any]]:
+    rows = []
+    for i, column in enumerate(layout):
+        for edge in _TEXT_EDGES if column.kind is Kind.TEXT else _NUMBER_EDGES:
+            row = list(base)
+            row[i] = edge
+            rows.append(row)
+    return rows
+
+
+def _conformed(rows: list[list[Any]], spec: ModelSpec) -> Any:
+    """The rows as schema.conform hands them over: a float array for all-numeric models."""
+    if spec.numeric:
+        return np.array(rows, dtype=np.float64)
+    return [list(row) for row in rows]
+
+
+def _same(
+    lean: LeanPipeline, estimator: Any, features: Callable[[Any], Any], values: Any, method: str, *, must_answer: bool
+) -> bool:
+    ours = lean.predict(values, method)
+    try:
+        theirs = np.asarray(getattr(estimator, method)(features(values)))
+    except Exception:
+        return ours is None  # the library refuses this input: so must we
+    if ours is None:
+        return not must_answer
+    if ours.shape != theirs.shape:
+        return False
+    if theirs.dtype.kind in "fc":
+        return bool(np.allclose(ours, theirs, rtol=1e-9, atol=1e-12))
+    return bool(np.array_equal(ours, theirs))
