@@ -5,6 +5,9 @@ A Booster answers `predict` as Booster.predict does (and as SageMaker's XGBoost 
 does: probabilities for binary:logistic); `predict_proba` gives scikit-learn's (n, classes)
 shape for the objectives that give probabilities. XGBoost calls use `inplace_predict`: no
 DMatrix per batch.
+
+Where the trees allow it (models/trees/), a lean walk of all trees in numpy answers instead of
+the library, once it has given the library's answers on probe rows at load.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from sagehost.models import fast
 from sagehost.models.arrays import Array, ArrayModel, two_columns
+from sagehost.models.trees import lgbm, xgb
 from sagehost.predictor import Model, ModelSpec, Outputs
 
 _XGBOOST_BINARY = ("binary:logistic",)
@@ -39,9 +44,11 @@ def xgboost(booster: Any, description: str, threads: int) -> Model:
     n_features = booster.num_features()
     names = tuple(booster.feature_names) if booster.feature_names else None
 
-    def predict(x: Array) -> Array:
+    def library(x: Array) -> Array:
         out: Array = booster.inplace_predict(x)
         return out
+
+    predict = _lean_or(library, xgb.booster_path(booster), n_features, "XGBoost Booster")
 
     n_classes = None
     if objective in _XGBOOST_BINARY:
@@ -66,9 +73,11 @@ def lightgbm(booster: Any, description: str, threads: int) -> Model:
     if all(name == f"Column_{i}" for i, name in enumerate(names)):
         names = ()  # LightGBM's own placeholder names: the user gave none
 
-    def predict(x: Array) -> Array:
+    def library(x: Array) -> Array:
         out: Array = booster.predict(x, num_threads=threads)
         return out
+
+    predict = _lean_or(library, lgbm.booster_path(booster), n_features, "LightGBM Booster")
 
     n_classes = None
     if objective in _LIGHTGBM_BINARY:
@@ -85,6 +94,35 @@ def lightgbm(booster: Any, description: str, threads: int) -> Model:
     )
 
 
+class BoosterModel(ArrayModel):
+    """A Booster's Model; `uses_fast_path` tells whether the lean walk answers for the library."""
+
+    def __init__(self, spec: ModelSpec, methods: dict[str, Callable[[Array], Outputs]], dtype: Any) -> None:
+        super().__init__(spec, methods, dtype)
+        self.uses_fast_path = isinstance(methods["predict"], _Lean)
+
+
+class _Lean:
+    """The Booster's predict by the lean path; the library's for any batch the path declines."""
+
+    def __init__(self, path: fast.FastPath, library: Callable[[Array], Array]) -> None:
+        self._path = path
+        self._library = library
+
+    def __call__(self, x: Array) -> Array:
+        out = self._path.predict(x, "predict")
+        return self._library(x) if out is None else out
+
+
+def _lean_or(
+    library: Callable[[Array], Array], path: fast.FastPath | None, n_features: int, name: str
+) -> Callable[[Array], Array]:
+    if path is None:
+        return library
+    proven = fast.proven(path, lambda x, _: library(x), n_features, name)
+    return library if proven is None else _Lean(proven, library)
+
+
 def _gradient_boosted(
     predict: Callable[[Array], Array],
     *,
@@ -93,7 +131,7 @@ def _gradient_boosted(
     n_features: int,
     description: str,
     dtype: Any,
-) -> ArrayModel:
+) -> BoosterModel:
     """`predict` as the Booster answers, and `predict_proba` in scikit-learn's (n, classes) shape
     when its objective gives probabilities (`n_classes` 2 for P(class 1) only, more for one
     column per class, None for none)."""
@@ -112,7 +150,7 @@ def _gradient_boosted(
         steady_cost=True,
         description=description,
     )
-    return ArrayModel(spec, methods, dtype)
+    return BoosterModel(spec, methods, dtype)
 
 
 def _num_class(booster: Any) -> int:

@@ -40,8 +40,13 @@ def compile_for(estimator: Any, spec: ModelSpec) -> FastPath | None:
     if path is None or spec.n_features is None:
         return None
     frame = _framer(spec)
-    return proven(path, lambda x, method: getattr(estimator, method)(frame(x)), spec.n_features,
-                  type(estimator).__name__, methods=spec.methods)
+    return proven(
+        path,
+        lambda x, method: getattr(estimator, method)(frame(x)),
+        spec.n_features,
+        type(estimator).__name__,
+        methods=spec.methods,
+    )
 
 
 def build_path(estimator: Any) -> FastPath | None:
@@ -90,10 +95,18 @@ def _lightgbm(estimator: Any) -> FastPath | None:
 
 
 _BUILDERS: dict[tuple[str, str], Callable[[Any], FastPath | None]] = {
-    **{("sklearn", name): _sklearn for name in (
-        "RandomForestClassifier", "ExtraTreesClassifier", "RandomForestRegressor", "ExtraTreesRegressor",
-        "HistGradientBoostingClassifier", "HistGradientBoostingRegressor", "LogisticRegression",
-    )},
+    **{
+        ("sklearn", name): _sklearn
+        for name in (
+            "RandomForestClassifier",
+            "ExtraTreesClassifier",
+            "RandomForestRegressor",
+            "ExtraTreesRegressor",
+            "HistGradientBoostingClassifier",
+            "HistGradientBoostingRegressor",
+            "LogisticRegression",
+        )
+    },
     ("xgboost", "XGBClassifier"): _xgboost,
     ("xgboost", "XGBRegressor"): _xgboost,
     ("lightgbm", "LGBMClassifier"): _lightgbm,

@@ -70,7 +70,9 @@ class FlatTrees:
         offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
         self.roots = offsets
         left = np.concatenate([np.where(t.left < 0, -1, t.left + off) for t, off in zip(ordered, offsets, strict=True)])
-        right = np.concatenate([np.where(t.left < 0, -1, t.right + off) for t, off in zip(ordered, offsets, strict=True)])
+        right = np.concatenate(
+            [np.where(t.left < 0, -1, t.right + off) for t, off in zip(ordered, offsets, strict=True)]
+        )
         self.depth = _depth(offsets, left, right)
         own = np.arange(len(left), dtype=np.intp)
         # Children side by side: node i's next node is kids[2*i + went_right].

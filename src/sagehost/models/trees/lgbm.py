@@ -144,8 +144,8 @@ def _tree(root: dict[str, Any], group: int) -> Tree | None:
         right.append(-1)
         value.append(0.0)
         # None: NaN is read as 0 and compared; Zero: NaN and 0 are missing; NaN: only NaN is.
-        nan_left.append(0.0 <= cut if kind == "None" else default)
-        zero_left.append(default if kind == "Zero" else 0.0 <= cut)
+        nan_left.append(cut >= 0.0 if kind == "None" else default)
+        zero_left.append(default if kind == "Zero" else cut >= 0.0)
         pending.append((node["right_child"], index, "right"))
         pending.append((node["left_child"], index, "left"))
     return Tree(

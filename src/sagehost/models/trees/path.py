@@ -4,6 +4,7 @@ library's arithmetic from summed leaves to each method's answer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+
 import numpy as np
 
 from sagehost.models.trees.flat import Array, FlatTrees
