@@ -29,6 +29,8 @@ import numpy as np
 from sagehost import codecs
 from sagehost.codecs import media
 from sagehost.errors import ModelError, ModelLoadError, SagehostError
+from sagehost.models import code_namespace
+from sagehost.models.code_namespace import CodeNamespace
 from sagehost.predictor import Table
 
 log = logging.getLogger("sagehost.models")
@@ -41,10 +43,17 @@ _UTF8_TYPES = (media.JSON, media.CSV)
 class Script:
     path: Path
     module: ModuleType
+    namespace: CodeNamespace | None = None
+    """Set when the script was imported in a namespace of its own (see code_namespace.py)."""
 
     def hook(self, name: str) -> Callable[..., Any] | None:
-        fn = getattr(self.module, name, None)
-        return fn if callable(fn) else None
+        fn: object = getattr(self.module, name, None)
+        if not callable(fn):
+            return None
+        if name == "model_fn" and self.namespace is not None:
+            # A pickle model_fn loads names `inference.Foo` or `utils.Bar`: this model's.
+            return self.namespace.with_plain_names(fn)
+        return fn
 
     @property
     def defined(self) -> list[str]:
@@ -55,7 +64,11 @@ class Script:
         return self.defined in ([], ["model_fn"])
 
 
-def import_script(path: Path) -> Script:
+def import_script(path: Path, *, isolated: bool = False) -> Script:
+    """Import the user's script as the toolkit does: as the top-level module `inference` (its
+    stem), with its folder on sys.path. In a namespace of its own instead (`isolated`, or when
+    another folder's script already holds those names: several models in one process), so that
+    its `inference` and sibling modules are its own."""
     requirements = path.parent / "requirements.txt"
     if requirements.exists():
         log.warning(
@@ -63,7 +76,36 @@ def import_script(path: Path) -> Script:
             "bake it into the image with `pip install -r requirements.txt`.",
             requirements,
         )
+    namespace = None
+    try:
+        if isolated or not code_namespace.plain_is_free(path.parent):
+            namespace = CodeNamespace(path.parent)
+            with namespace.plain_names():
+                module = namespace.exec_script(path)
+        else:
+            module = _import_plain(path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        log.exception("Importing %s failed", path)
+        raise ModelLoadError(
+            f"Importing {path} raised {type(exc).__name__}: {exc}. Fix the script or the image "
+            "(a missing package belongs in the image build, not in requirements.txt at start)."
+        ) from None
+    script = Script(path, module, namespace)
+    if script.hook("transform_fn") and {"input_fn", "predict_fn", "output_fn"} & set(script.defined):
+        raise ModelLoadError(
+            f"{path} defines transform_fn together with input_fn/predict_fn/output_fn; "
+            "the toolkit refuses that mix too. Keep transform_fn alone, or drop it."
+        )
+    where = f" as {namespace.package}.{path.stem}" if namespace is not None else ""
+    log.info("Loaded %s%s with hooks: %s", path, where, ", ".join(script.defined) or "none")
+    return script
+
+
+def _import_plain(path: Path) -> ModuleType:
     code_dir = str(path.parent)
+    code_namespace.claim_plain(path.parent)
     if code_dir not in sys.path:
         sys.path.insert(0, code_dir)  # the toolkit puts code/ on the path, so sibling imports work
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -71,22 +113,8 @@ def import_script(path: Path) -> Script:
         raise ModelLoadError(f"{path} is not an importable Python file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        log.exception("Importing %s failed", path)
-        raise ModelLoadError(
-            f"Importing {path} raised {type(exc).__name__}: {exc}. Fix the script or the image "
-            "(a missing package belongs in the image build, not in requirements.txt at start)."
-        ) from None
-    script = Script(path, module)
-    if script.hook("transform_fn") and {"input_fn", "predict_fn", "output_fn"} & set(script.defined):
-        raise ModelLoadError(
-            f"{path} defines transform_fn together with input_fn/predict_fn/output_fn; "
-            "the toolkit refuses that mix too. Keep transform_fn alone, or drop it."
-        )
-    log.info("Loaded %s with hooks: %s", path, ", ".join(script.defined) or "none")
-    return script
+    spec.loader.exec_module(module)
+    return module
 
 
 def call_hook(fn: Callable[..., Any], *args: Any) -> Any:
