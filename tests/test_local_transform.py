@@ -26,7 +26,7 @@ from sagehost.errors import ConfigError
 from sagehost.local import jsonpath
 from sagehost.local.processing import Processing, split_answer
 from sagehost.local.progress import progress
-from sagehost.local.records import RECORDIO_MAGIC, batches, records
+from sagehost.local.records import RECORDIO_MAGIC, batches, line_batches, records
 from sagehost.local.transform import Resolved, TransformRequest, check, resolve
 from sagehost.local.transform_io import InputFile, LocalOutput, check_apart, check_s3_apart, local_inputs
 from sagehost.local.transform_run import FileReport, Plan, run_files
@@ -260,6 +260,49 @@ def test_a_record_over_the_payload_fails_there_and_nothing_after_it_is_read() ->
     assert packed[-1].numbers == [2]
     assert packed[-1].problem is not None and "51 bytes, over MaxPayloadInMB (20 bytes)" in packed[-1].problem
     assert len(packed) == 2
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that answers every read with at most `step` bytes, as a pipe or gunzip may."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data, self._step = data, step
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        part, self._data = self._data[: self._step], self._data[self._step :]
+        return part
+
+
+LINE_CASES = [
+    b"1,2\n3,4\n5,6\n",
+    b"1,2\n3,4\n5,6",  # no final newline
+    b"1,2\n\n3,4\n  \n5,6\n",  # blank lines are no records
+    b"\r\n1,2\r\n3,4\r\n",  # a first line of whitespace only
+    b"1,2\n" + b"9" * 40 + b"\n3,4\n",  # a record over the limit
+    b"1,2\n3,4\n \t",  # a last line of whitespace only
+    b"".join(f"{i},{'x' * (i % 9)}\n".encode() for i in range(300)),
+    b"",
+]
+
+
+@pytest.mark.parametrize("data", LINE_CASES)
+@pytest.mark.parametrize("limit", [1, 4, 5, 12, 33, 1000])
+@pytest.mark.parametrize("step", [3, 1 << 20])
+def test_line_batches_read_in_blocks_are_the_batches_of_line_by_line(data: bytes, limit: int, step: int) -> None:
+    def seen(found: list[Any]) -> list[tuple[int, list[int], bytes, str | None]]:
+        return [(b.index, b.numbers, b.body, b.problem) for b in found]
+
+    expected = seen(list(batches(records(io.BytesIO(data), "Line", single=False), limit, single=False)))
+    got = list(line_batches(_Trickle(data, step), limit))  # type: ignore[arg-type]
+    assert seen(got) == expected
+    for batch in got:  # a part sent again alone (finding a bad record) holds those very lines
+        assert batch.count == len(batch.numbers)
+        assert batch.part(0, batch.count).body == batch.body
+        if batch.count > 1:
+            assert batch.part(1, 2).body == batch.body.split(b"\n")[1] + b"\n"
 
 
 def test_an_input_filter_that_cannot_apply_fails_its_record() -> None:

@@ -29,7 +29,7 @@ from sagehost.errors import StartupError, UpstreamTimeout, UpstreamTooLarge, Ups
 from sagehost.http.outbound import Answer, async_client, send_async
 from sagehost.local.processing import Processing, split_answer
 from sagehost.local.progress import Progress
-from sagehost.local.records import Batch, SplitType, batches, records, where
+from sagehost.local.records import Batch, SplitType, batches, line_batches, records, where
 from sagehost.local.transform_io import InputFile, Output, Pending
 
 log = logging.getLogger("sagehost.local.transform")
@@ -158,8 +158,8 @@ class _Runner:
                 raise await self._locate(batch, answer)
             if not answer.ok:  # busy, or broken: not about any one record
                 raise _Failed(self._span(batch), _said(answer) + f" ({_tries(self.plan.retries + 1)})")
-            job.done(batch.index, self._assembled(job, batch, answer), len(batch.sent))
-            self.progress.records(len(batch.sent))
+            job.done(batch.index, self._assembled(job, batch, answer), batch.count)
+            self.progress.records(batch.count)
         except _Failed as failed:
             job.fail(batch.index, failed)
         except Exception as exc:  # a bug of ours, or the disk: this file fails, the run goes on
@@ -206,7 +206,7 @@ class _Runner:
 
     async def _locate(self, batch: Batch, answer: Answer) -> _Failed:
         """The first record whose own request fails, found by halves, and the container's words."""
-        lo, hi, refused = 0, len(batch.sent), answer
+        lo, hi, refused = 0, batch.count, answer
         verified = hi == 1
         while hi - lo > 1:
             middle = (lo + hi) // 2
@@ -252,7 +252,7 @@ class _Runner:
         processing = self.plan.processing
         assert processing is not None and batch.sources is not None
         try:
-            answers = split_answer(body, kind, len(batch.sent))
+            answers = split_answer(body, kind, batch.count)
         except ValueError as exc:
             raise _Failed(self._span(batch), f"{exc}; a join needs one answer per record") from None
         end = b"\n" if self.plan.assemble_lines else b""
@@ -266,9 +266,9 @@ class _Runner:
 
     def _check_count(self, job: _FileJob, batch: Batch, body: bytes) -> None:
         lines = body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
-        if lines != len(batch.sent):
+        if lines != batch.count:
             job.report.warnings.append(
-                f"{self._span(batch)}: the answer has {lines} lines for {len(batch.sent)} records, so the .out "
+                f"{self._span(batch)}: the answer has {lines} lines for {batch.count} records, so the .out "
                 "lines no longer match the input's (SageMaker writes them as they come)"
             )
 
@@ -357,6 +357,9 @@ def _batches(source: InputFile, plan: Plan) -> Iterator[Iterator[Batch]]:
     prepare = processing.model_input if processing is not None and processing.filters_input else None
     keep = processing is not None and processing.changes_output
     with source.open(plan.gzip) as stream:
+        if plan.split == "Line" and not plan.single and plan.payload_limit is not None and prepare is None and not keep:
+            yield line_batches(stream, plan.payload_limit)  # the common case, a block at a time
+            return
         found = records(stream, plan.split, plan.single)
         yield batches(found, plan.payload_limit, plan.single, prepare, keep)
 
