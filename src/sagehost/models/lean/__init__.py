@@ -13,6 +13,7 @@ for the final estimator — and the library answers, or raises, exactly as it wo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("sagehost.models")
 
 __all__ = ["LeanPipeline", "compile_pipeline"]
 
+_ROW_WIDTH = 512  # wider single rows go the vectorised way: a Python loop per cell would cost more
+_INFINITIES = (math.inf, -math.inf)
+
 
 class LeanPipeline:
     """The pipeline's transforms as compiled steps, then the final estimator's lean path."""
@@ -37,11 +41,14 @@ class LeanPipeline:
         self._transform = transform
         self._final = final
         self.methods = methods
+        self._number_at = [i for i, c in enumerate(layout) if c.kind is Kind.NUMBER]
 
     def predict(self, values: Any, method: str) -> np.ndarray[Any, Any] | None:
         """The answer for a batch of conformed rows, or None to let the library answer."""
         if method not in self.methods:
             return None
+        if len(values) == 1 and len(self.layout) <= _ROW_WIDTH:
+            return self._one_row(values[0], method)
         block = from_values(values, self.layout)
         if block is None:
             return None
@@ -51,6 +58,19 @@ class LeanPipeline:
         x = out.numbers
         if not np.isfinite(x).all():
             return None  # the final estimators refuse NaN and infinity: the library says how
+        return self._final.predict(x, method)
+
+    def _one_row(self, row: Any, method: str) -> np.ndarray[Any, Any] | None:
+        """One row in Python floats and a list: a dozen numpy calls cost more than the arithmetic."""
+        values = row.tolist() if isinstance(row, np.ndarray) else list(row)
+        for i in self._number_at:
+            if values[i] in _INFINITIES:
+                return None  # every covered step's validation refuses infinity
+        out = self._transform.row(values)
+        if out is None or not math.isfinite(sum(out)):  # NaN or infinity: the final estimator refuses them
+            return None
+        x = np.empty((1, len(out)))
+        x[0] = out  # cheaper than np.array(list) for a row of a few dozen floats
         return self._final.predict(x, method)
 
 

@@ -6,8 +6,9 @@ and the layout of its output. Types are matched exactly: a subclass may change t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -15,14 +16,22 @@ from sagehost.models.lean.encoders import OneHot, Ordinal
 from sagehost.models.lean.frame import Block, Kind, Layout, Selector, Uncovered, numbers_only
 from sagehost.models.lean.numeric import Identity, Imputer, MinMax, Robust, Standard
 
-Step = Callable[[Block], Block | None]
+
+class Step(Protocol):
+    """A compiled step: a batch as a block, or one row as a list; None lets the library answer."""
+
+    def __call__(self, block: Block) -> Block | None: ...
+
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None: ...
+
+
 Hints = dict[int, list[Any]]
 
 
 def compile_transformer(step: Any, layout: Layout, hints: Hints) -> tuple[Step, Layout]:
     """A fitted transformer (or 'passthrough'/None in a Pipeline) as a lean step."""
     if step is None or (isinstance(step, str) and step == "passthrough"):
-        return _identity, layout
+        return PASSTHROUGH, layout
     _check_plain_output(step)
     _check_width(step, layout)
     from sklearn.compose import ColumnTransformer
@@ -67,7 +76,7 @@ def compile_chain(steps: list[Any], layout: Layout, hints: Hints) -> tuple[Step,
     compiled: list[Step] = []
     for step in steps:
         run, layout = compile_transformer(step, layout, hints)
-        if run is not _identity:
+        if run is not PASSTHROUGH:
             compiled.append(run)
     if len(compiled) == 1:
         return compiled[0], layout
@@ -86,9 +95,24 @@ class Chain:
             block = result
         return block
 
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        for step in self.steps:
+            result = step.row(values)
+            if result is None:
+                return None
+            values = result
+        return values
 
-def _identity(block: Block) -> Block | None:
-    return block
+
+class Passthrough:
+    def __call__(self, block: Block) -> Block | None:
+        return block
+
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        return values
+
+
+PASSTHROUGH = Passthrough()
 
 
 class Columns:
@@ -99,6 +123,7 @@ class Columns:
     def __init__(self, transformer: Any, layout: Layout, hints: Hints) -> None:
         weights = transformer.transformer_weights or {}
         self.parts: list[tuple[Selector, Step, float | None]] = []
+        self.row_parts: list[tuple[Any, Step, float | None]] = []
         out: list[Any] = []
         for name, step, columns in transformer.transformers_:
             if isinstance(step, str) and step == "drop":
@@ -114,6 +139,7 @@ class Columns:
                 raise Uncovered("a ColumnTransformer part that outputs text")
             weight = weights.get(name)
             self.parts.append((select, run, None if weight is None else float(weight)))
+            self.row_parts.append((_getter(indices), run, None if weight is None else float(weight)))
             out.extend(part_layout)
         self.layout: Layout = tuple(out)
 
@@ -127,6 +153,23 @@ class Columns:
         if not outputs:
             return numbers_only(np.zeros((block.rows, 0)))
         return numbers_only(outputs[0] if len(outputs) == 1 else np.hstack(outputs))
+
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        out: list[Any] = []
+        for cells, run, weight in self.row_parts:
+            result = run.row(cells(values))
+            if result is None:
+                return None
+            out.extend(result if weight is None else [v * weight for v in result])
+        return out
+
+
+def _getter(indices: list[int]) -> Any:
+    """The row's cells at `indices`, always as a tuple (itemgetter gives a bare value for one)."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda values: (values[index],)
+    return itemgetter(*indices)
 
 
 def _check_plain_output(step: Any) -> None:

@@ -35,19 +35,26 @@ class Lookup:
     """One input column: value -> code, for text (dict) or number (sorted array) columns."""
 
     def __init__(self, column: Column, categories: Array, codes: Sequence[Any], unknown: Any) -> None:
-        self.kind = column.kind
         self.unknown = unknown
         if column.kind is Kind.TEXT:
             self.table = {(NAN if is_nan(c) else c): code for c, code in zip(categories.tolist(), codes, strict=True)}
+            self.nan_one = self.table.get(NAN, unknown)
             return
         if categories.dtype.kind not in "iuf":
             raise Uncovered("a number column's encoder holds non-numeric categories")
         values = categories.astype(np.float64)
         nan = np.isnan(values)
         self.sorted = values[~nan]
+        self.table = {v: code for v, code, missing in zip(values.tolist(), codes, nan, strict=True) if not missing}
+        self.nan_one = next((code for code, missing in zip(codes, nan, strict=True) if missing), unknown)
         table = np.asarray(list(codes), dtype=np.float64)
         self.nan_code = table[nan][0] if nan.any() else unknown
         self.codes = np.append(table[~nan], float(unknown))  # position len() = not found
+
+    def one(self, value: Any) -> Any:
+        """One cell's code. A dict matches numbers as searchsorted does (1 == 1.0, -0.0 == 0.0)
+        and text as scikit-learn's own dict does; any NaN is the NaN category."""
+        return self.table.get(value, self.unknown) if value == value else self.nan_one  # noqa: PLR0124
 
     def text(self, values: Sequence[Any]) -> list[Any]:
         get, unknown = self.table.get, self.unknown
@@ -99,6 +106,7 @@ class OneHot:
             if column.source is not None:
                 hints.setdefault(column.source, []).extend(categories.tolist())
         self.layout: Layout = tuple(Column(Kind.NUMBER, None) for _ in range(self.width))
+        self.cells = [(lookup.table.get, lookup.unknown, lookup.nan_one) for lookup in self.lookups]
 
     @staticmethod
     def _out(encoder: Any, i: int, raw: int, offset: int) -> int:
@@ -138,6 +146,16 @@ class OneHot:
         out.put(flat, 1.0)
         return numbers_only(out)
 
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        out = [0.0] * self.width
+        for (get, unknown, nan_code), value in zip(self.cells, values, strict=True):
+            code = get(value, unknown) if value == value else nan_code  # noqa: PLR0124 - NaN
+            if code >= 0:
+                out[code] = 1.0
+            elif code == REFUSED:
+                return None
+        return out
+
 
 class Ordinal:
     def __init__(self, encoder: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
@@ -171,3 +189,7 @@ class Ordinal:
             else:
                 out[:, j] = lookup.numbers(block.numbers[:, p])
         return numbers_only(out)
+
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        codes = [lookup.one(value) for lookup, value in zip(self.lookups, values, strict=True)]
+        return None if None in codes else codes

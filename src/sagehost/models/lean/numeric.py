@@ -4,6 +4,7 @@ numbers are the same bit for bit."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ class Standard:
         _numbers(layout, "StandardScaler")
         self.mean = scaler.mean_ if scaler.with_mean else None
         self.scale = scaler.scale_ if scaler.with_std else None
+        self.shift_by = _listed(self.mean, len(layout), 0.0)
+        self.divide_by = _listed(self.scale, len(layout), 1.0)
         _hint_spread(layout, hints, scaler.mean_, scaler.scale_)
         self.layout = layout
 
@@ -32,12 +35,18 @@ class Standard:
             x = x / self.scale
         return numbers_only(x)
 
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        # Python floats round each + - * / exactly as numpy's float64 ufuncs do (IEEE 754), and
+        # subtracting 0.0 or dividing by 1.0 changes nothing: one loop for every setting.
+        return [(v - m) / s for v, m, s in zip(values, self.shift_by, self.divide_by, strict=True)]
+
 
 class MinMax:
     def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
         _numbers(layout, "MinMaxScaler")
         self.scale, self.min = scaler.scale_, scaler.min_
         self.clip = (float(scaler.feature_range[0]), float(scaler.feature_range[1])) if scaler.clip else None
+        self.pairs = list(zip(self.scale.tolist(), self.min.tolist(), strict=True))
         _hint_spread(layout, hints, scaler.data_min_, scaler.data_range_)
         _hint_spread(layout, hints, scaler.data_max_, scaler.data_range_)
         self.layout = layout
@@ -49,12 +58,21 @@ class MinMax:
             np.clip(x, self.clip[0], self.clip[1], out=x)
         return numbers_only(x)
 
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        out = [v * s + m for v, (s, m) in zip(values, self.pairs, strict=True)]
+        if self.clip is not None:
+            low, high = self.clip
+            out = [low if v < low else high if v > high else v for v in out]  # NaN stays, as np.clip keeps it
+        return out
+
 
 class Robust:
     def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
         _numbers(layout, "RobustScaler")
         self.center = scaler.center_ if scaler.with_centering else None
         self.scale = scaler.scale_ if scaler.with_scaling else None
+        self.shift_by = _listed(self.center, len(layout), 0.0)
+        self.divide_by = _listed(self.scale, len(layout), 1.0)
         if scaler.center_ is not None and scaler.scale_ is not None:
             _hint_spread(layout, hints, scaler.center_, scaler.scale_)
         self.layout = layout
@@ -67,6 +85,9 @@ class Robust:
             x = x / self.scale
         return numbers_only(x)
 
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        return [(v - c) / s for v, c, s in zip(values, self.shift_by, self.divide_by, strict=True)]
+
 
 class Identity:
     """FunctionTransformer() with no function and no validation: the input, unchanged."""
@@ -78,6 +99,9 @@ class Identity:
 
     def __call__(self, block: Block) -> Block | None:
         return block
+
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        return values
 
 
 class Imputer:
@@ -100,6 +124,8 @@ class Imputer:
             keep = np.array([not is_nan(s) for s in statistics.tolist()], dtype=bool)
         self.keep = None if keep.all() else np.flatnonzero(keep)
         self.fill = statistics[keep] if self.text else statistics[keep].astype(np.float64)
+        self.fill_list = self.fill.tolist()
+        self.keep_list = None if self.keep is None else self.keep.tolist()
         self.layout: Layout = tuple(Column(c.kind, c.source) for c, k in zip(layout, keep, strict=True) if k)
 
     def __call__(self, block: Block) -> Block | None:
@@ -122,12 +148,23 @@ class Imputer:
         filled = [[f if self._missing(v) else v for v in column] for column, f in zip(columns, self.fill, strict=True)]
         return Block(block.numbers[:, :0], list(filled))
 
+    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        if not self.text and not self.nan_missing and any(is_nan(v) for v in values):
+            return None  # the library refuses NaN when something else marks a missing value
+        if self.keep_list is not None:
+            values = [values[i] for i in self.keep_list]
+        return [f if self._missing(v) else v for v, f in zip(values, self.fill_list, strict=True)]
+
     def _missing(self, value: Any) -> bool:
         if self.nan_missing:
             return is_nan(value)
         if self.missing is None:
             return value is None
         return bool(value == self.missing)
+
+
+def _listed(values: Array | None, width: int, neutral: float) -> list[float]:
+    return [neutral] * width if values is None else np.asarray(values, dtype=np.float64).tolist()
 
 
 def _hint_spread(layout: Layout, hints: dict[int, list[Any]], center: Array, spread: Array) -> None:
