@@ -98,7 +98,7 @@ def launch_container(
         args += ["-v", f"{model_dir.resolve()}:/opt/ml/model:ro"]
     for key, value in {**run.env, **(extra_env or {})}.items():
         args += ["-e", f"{key}={value}"]
-    launched = _start(engine.command(*args, image, "serve"), None, f"http://127.0.0.1:{host_port}", "container")
+    launched = start_process(engine.command(*args, image, "serve"), None, f"http://127.0.0.1:{host_port}", "container")
     launched.container, launched.engine = name, engine
     return launched
 
@@ -111,10 +111,13 @@ def launch_process(run: Run, model_dir: Path, port: int, extra_env: dict[str, st
         env["SAGEMAKER_BIND_TO_PORT"] = str(port)
     else:
         env["SAGEHOST_PORT"] = str(port)
-    return _start([sys.executable, "-m", "sagehost", "serve"], env, f"http://127.0.0.1:{port}", "serve")
+    return start_process([sys.executable, "-m", "sagehost", "serve"], env, f"http://127.0.0.1:{port}", "serve")
 
 
-def _start(command: Sequence[str], env: dict[str, str] | None, url: str, label: str) -> Launched:
+def start_process(command: Sequence[str], env: dict[str, str] | None, url: str, label: str) -> Launched:
+    """Run `command` (a server, or the engine running its container) in a session of its own, so
+    that our Ctrl-C reaches it only through `Launched.stop`; its output goes to our stderr with
+    `[label]` before each line. `url` is where it will answer."""
     process = subprocess.Popen(
         command,
         env=env,

@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 from sagehost.errors import StartupError
 from sagehost.image.engine import find_engine
 from sagehost.local.gateway import Gateway, ModelsConfig, listen
-from sagehost.local.launch import HealthCheckFailed, Launched, _start, free_port, launch_process, wait_healthy
+from sagehost.local.launch import HealthCheckFailed, Launched, free_port, launch_process, start_process, wait_healthy
 from sagehost.local.modes import Run, sagemaker_run
-from sagehost.local.run import ServeRequest, _serve_until_stopped
+from sagehost.local.run import ServeRequest, serve_until_stopped
 
 Say = Callable[[str], None]
 MODELS_ROOT = "/opt/ml/models"  # where SageMaker puts a multi-model endpoint's models
@@ -107,7 +107,7 @@ def local_serve_models(request: ServeRequest, source: str, say: Say) -> int:
                 f"http://127.0.0.1:{sock.getsockname()[1]} FILE --target-model model-a.tar.gz   (Ctrl-C stops it)"
             )
             gateway = Gateway(run.limits, launched.url, models=ModelsConfig(store.fetch, store.discard))
-            exited_alone = asyncio.run(_serve_until_stopped(gateway, sock, launched, say))
+            exited_alone = asyncio.run(serve_until_stopped(gateway, sock, launched, say))
         except HealthCheckFailed as exc:
             launched.stop()
             say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
@@ -132,7 +132,9 @@ def _launch(request: ServeRequest, run: Run, root: Path) -> Launched:
     args += ["--read-only", "--tmpfs", "/tmp:rw,exec", "-v", f"{root.resolve()}:{MODELS_ROOT}:ro"]
     for key, value in {**run.env, **request.env}.items():
         args += ["-e", f"{key}={value}"]
-    launched = _start(engine.command(*args, request.image, "serve"), None, f"http://127.0.0.1:{port}", "container")
+    launched = start_process(
+        engine.command(*args, request.image, "serve"), None, f"http://127.0.0.1:{port}", "container"
+    )
     launched.container, launched.engine = name, engine
     return launched
 

@@ -79,7 +79,7 @@ def local_serve(request: ServeRequest, say: Say) -> int:
                     "sagehost invoke NAME FILE --async"
                 )
             gateway = Gateway(run.limits, launched.url, async_config)
-            exited_alone = asyncio.run(_serve_until_stopped(gateway, sock, launched, say))
+            exited_alone = asyncio.run(serve_until_stopped(gateway, sock, launched, say))
         except HealthCheckFailed as exc:
             launched.stop()  # first, so the log's last lines include how it ended
             say(f"{exc}\nLast lines of its log:\n{launched.log_tail()}")
@@ -125,7 +125,7 @@ def _launch(request: ServeRequest, run: Run, model_dir: Path | None) -> Launched
     )
 
 
-async def _serve_until_stopped(gateway: Gateway, sock: socket.socket, launched: Launched, say: Say) -> bool:
+async def serve_until_stopped(gateway: Gateway, sock: socket.socket, launched: Launched, say: Say) -> bool:
     """The gateway until SIGINT/SIGTERM (False) or the server's own exit (True), pinging the
     server meanwhile as SageMaker does. Either way the gateway drains first."""
     server = gateway_server(gateway)
