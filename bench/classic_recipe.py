@@ -1,13 +1,16 @@
 """The classic SageMaker bring-your-own recipe, as AWS's scikit_bring_your_own example runs it.
 
-nginx (port) -> gunicorn (gevent workers, unix socket) -> this Flask app, which parses the CSV
-body with pandas and calls the model once per request. Written here in that shape to measure
-against; it is not part of sagehost.
+nginx (port) -> gunicorn (gevent workers, unix socket) -> this Flask app, which parses the body
+with pandas (a CSV body with `read_csv`, a JSON record or list of records into a DataFrame of
+named columns, as a pipeline of named columns needs) and calls the model once per request.
+`CLASSIC_METHOD` (default predict) names the model's method, as such apps hard-code it.
+Written here in that shape to measure against; it is not part of sagehost.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import flask
@@ -15,6 +18,7 @@ import joblib
 import pandas as pd
 
 model = joblib.load(os.path.join(os.environ["MODEL_DIR"], "model.joblib"))
+method = getattr(model, os.environ.get("CLASSIC_METHOD", "predict"))
 app = flask.Flask(__name__)
 
 
@@ -25,10 +29,14 @@ def ping() -> flask.Response:
 
 @app.route("/invocations", methods=["POST"])
 def invocations() -> flask.Response:
+    if flask.request.content_type == "application/json":
+        record = json.loads(flask.request.data)
+        predictions = method(pd.DataFrame(record if isinstance(record, list) else [record]))
+        return flask.Response(response=json.dumps(predictions.tolist()), status=200, mimetype="application/json")
     if flask.request.content_type != "text/csv":
         return flask.Response(response="This predictor only supports CSV data", status=415, mimetype="text/plain")
     data = pd.read_csv(io.StringIO(flask.request.data.decode("utf-8")), header=None)
-    predictions = model.predict(data.values)
+    predictions = method(data.values)
     out = io.StringIO()
-    pd.DataFrame({"results": predictions}).to_csv(out, header=False, index=False)
+    pd.DataFrame(predictions).to_csv(out, header=False, index=False)
     return flask.Response(response=out.getvalue(), status=200, mimetype="text/csv")

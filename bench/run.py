@@ -1,16 +1,25 @@
 """Measure sagehost against the stacks users run today, side by side, in one run.
 
-    .venv/bin/python bench/run.py [--seconds 10] [--rounds 1] [--models lr,rf,xgb,onnx]
+    .venv/bin/python bench/run.py [--seconds 10] [--rounds 1] [--method predict_proba]
+                                  [--models lr,rf,xgb,onnx,fraud,xgbc,lgbmc,hgbc]
                                   [--stacks sagehost,uvicorn,granian,classic,mlflow,mlserver]
+    .venv/bin/python bench/run.py --memory --models lr,rf,fraud   # summed PSS, 1 and 2 workers
 
-For each model (scikit-learn LogisticRegression and a 100-tree RandomForestClassifier, an
-XGBoost Booster of 100 rounds, and that forest converted to ONNX; all on 10 numeric features)
-it starts each stack that can serve it on a free loopback port, sends one row per request
-over 40 keep-alive connections with wrk and with `ab -k -c 40` (HTTP/1.0), and prints
-requests/s, p50/p99 latency, errors, the servers' total RSS and their CPU per request, then the
-ratios against sagehost. With --rounds N the stacks of a model run side by side and are
-measured in turns, N times (the order turning each round), and the summary gives medians and
-each ratio's range over the rounds. Every load run is bounded in time and request count.
+The models: a scikit-learn LogisticRegression and a 100-tree RandomForestClassifier, an XGBoost
+Booster of 100 rounds and that forest converted to ONNX (all on 10 numeric features, CSV rows);
+and issue 17's: `fraud`, a Pipeline of a ColumnTransformer (OneHotEncoder on 7 text columns,
+StandardScaler on 2 numbers) and a LogisticRegression, one JSON record of named fields per
+request; `xgbc` (XGBClassifier, 100 trees of depth 6), `lgbmc` (LGBMClassifier, 100 trees) and
+`hgbc` (HistGradientBoostingClassifier, 100 iterations), pickled, CSV rows. Every stack is asked
+for `--method` (predict_proba unless told; MLflow and MLServer always predict).
+
+For each model it starts each stack that can serve it on a free loopback port, sends one row per
+request over 40 keep-alive connections with wrk and with `ab -k -c 40` (HTTP/1.0), and prints
+requests/s, p50/p99 latency, errors, the servers' total RSS and summed PSS and their CPU per
+request, then the ratios against sagehost. With --rounds N the stacks of a model run side by
+side and are measured in turns, N times (the order turning each round), and the summary gives
+medians and each ratio's range over the rounds. Every load run is bounded in time and request
+count. `--memory` measures `sagehost serve` alone with 1 worker, then 2 (bench/memory.py).
 Needs `scripts/setup --bench`.
 """
 
@@ -30,6 +39,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median_high
+from typing import Any
 
 import joblib
 import numpy as np
@@ -37,6 +47,8 @@ import orjson
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+
+import memory
 
 BENCH = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -53,6 +65,8 @@ class Result:
     p99_ms: float
     errors: int
     rss_mb: float
+    pss_mb: float
+    """Summed PSS of the stack's processes: shared pages counted once (bench/memory.py)."""
     cpu_us: float
     """The stack's own CPU (all its processes) per request, about: requests are requests/s x seconds."""
     turn: int = 0
@@ -102,17 +116,100 @@ def save_onnx(x: np.ndarray, y: np.ndarray, out: Path) -> None:
     (out / "model.onnx").write_bytes(to_onnx(forest, x[:1].astype(np.float32)).SerializeToString())
 
 
-SAVERS = {"lr": save_lr, "rf": save_rf, "xgb": save_xgb, "onnx": save_onnx}
+# The fraud model's columns: seven text columns of realistic cardinality, then two numbers.
+FRAUD_TEXT = {
+    "merchant_category": 20,
+    "country": 50,
+    "device_type": 4,
+    "channel": 3,
+    "card_type": 5,
+    "email_domain": 30,
+    "hour_band": 8,
+}
+FRAUD_NUMBERS = ("amount", "account_age_days")
+REQUEST = "request.json"  # a model whose request is one JSON record keeps it here
+
+
+def fraud_frame(n: int, seed: int = 0) -> tuple[Any, np.ndarray]:
+    """Transactions with a label that depends on every column, as a fraud label does."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    columns: dict[str, Any] = {}
+    logit = np.zeros(n)
+    for name, categories in FRAUD_TEXT.items():
+        codes = rng.integers(0, categories, n)
+        columns[name] = np.array([f"{name}_{i}" for i in range(categories)], dtype=object)[codes]
+        logit += rng.normal(0, 0.6, categories)[codes]
+    columns["amount"] = rng.lognormal(3.5, 1.2, n).round(2)
+    columns["account_age_days"] = rng.integers(0, 3650, n).astype(float)
+    logit += 0.4 * (np.log(columns["amount"]) - 3.5) - 0.0003 * columns["account_age_days"]
+    return pd.DataFrame(columns), (rng.random(n) < 1 / (1 + np.exp(2 - logit))).astype(int)
+
+
+def save_fraud(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    """The shape of most tabular models users ship (issue 17): strings one-hot encoded, numbers
+    scaled, a logistic regression; one JSON record of named fields per request, as H2O's scorer takes."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame, label = fraud_frame(20_000)
+    steps = ColumnTransformer(
+        [
+            ("text", OneHotEncoder(handle_unknown="ignore"), list(FRAUD_TEXT)),
+            ("numbers", StandardScaler(), list(FRAUD_NUMBERS)),
+        ]
+    )
+    pipeline = Pipeline([("columns", steps), ("model", LogisticRegression(max_iter=1000))]).fit(frame, label)
+    joblib.dump(pipeline, out / "model.joblib")
+    (out / REQUEST).write_bytes(orjson.dumps(frame.iloc[0].to_dict()))
+
+
+def save_xgbc(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    from xgboost import XGBClassifier
+
+    model = XGBClassifier(n_estimators=100, max_depth=6, random_state=0).fit(x, y)
+    joblib.dump(model, out / "model.joblib")
+
+
+def save_lgbmc(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    from lightgbm import LGBMClassifier
+
+    model = LGBMClassifier(n_estimators=100, random_state=0, verbose=-1).fit(x, y)
+    joblib.dump(model, out / "model.joblib")
+
+
+def save_hgbc(x: np.ndarray, y: np.ndarray, out: Path) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=0).fit(x, y)
+    joblib.dump(model, out / "model.joblib")
+
+
+SAVERS = {
+    "lr": save_lr,
+    "rf": save_rf,
+    "xgb": save_xgb,
+    "onnx": save_onnx,
+    "fraud": save_fraud,
+    "xgbc": save_xgbc,
+    "lgbmc": save_lgbmc,
+    "hgbc": save_hgbc,
+}
+PICKLED = {"lr", "rf", "fraud", "xgbc", "lgbmc", "hgbc"}
 # Which stacks can serve which model: the classic recipe and MLServer's sklearn runtime take
 # joblib files only; MLflow has an xgboost and an onnx flavor of its own.
 SERVES = {
-    "sagehost": {"lr", "rf", "xgb", "onnx"},
-    "uvicorn": {"lr", "rf", "xgb", "onnx"},
-    "granian": {"lr", "rf", "xgb", "onnx"},
-    "classic": {"lr", "rf"},
+    "sagehost": set(SAVERS),
+    "uvicorn": set(SAVERS),
+    "granian": set(SAVERS),
+    "classic": PICKLED,
     "mlflow": {"lr", "rf", "xgb", "onnx"},
     "mlserver": {"lr", "rf"},
 }
+METHOD = "predict_proba"
+"""What every request asks of the model (--method); MLflow and MLServer always predict."""
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -130,11 +227,12 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"{url} never became ready")
 
 
-def start_sagehost(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+def start_sagehost(model_dir: Path, work: Path, workers: int = WORKERS) -> tuple[list[subprocess.Popen[bytes]], int]:
     port = free_port()
     cmd = [str(VENV_BIN / "sagehost"), "serve", "--model-dir", str(model_dir), "--port", str(port),
            "--host", "127.0.0.1"]  # fmt: skip
-    env = {**os.environ, "SAGEHOST_WORKERS": str(WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "SAGEHOST_WORKERS": str(workers), "SAGEHOST_LOG_LEVEL": "WARNING",
+           "SAGEHOST_DEFAULT_METHOD": METHOD}  # fmt: skip
     return [spawn(cmd, env, work / "sagehost.log")], port
 
 
@@ -142,7 +240,8 @@ def start_uvicorn(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[by
     """`sagehost serve` as it ran until issue 14, uvicorn in each worker (bench/uvicorn_app.py)."""
     port = free_port()
     env = {**os.environ, "SAGEHOST_MODEL_DIR": str(model_dir), "SAGEHOST_PORT": str(port),
-           "SAGEHOST_HOST": "127.0.0.1", "SAGEHOST_WORKERS": str(WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING"}  # fmt: skip
+           "SAGEHOST_HOST": "127.0.0.1", "SAGEHOST_WORKERS": str(WORKERS), "SAGEHOST_LOG_LEVEL": "WARNING",
+           "SAGEHOST_DEFAULT_METHOD": METHOD}  # fmt: skip
     return [spawn([sys.executable, str(BENCH / "uvicorn_app.py")], env, work / "uvicorn.log")], port
 
 
@@ -163,7 +262,8 @@ def start_granian(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[by
         "--no-access-log",
         "granian_app:app",
     ]
-    env = {**os.environ, "SAGEHOST_MODEL_DIR": str(model_dir), "SAGEHOST_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "SAGEHOST_MODEL_DIR": str(model_dir), "SAGEHOST_LOG_LEVEL": "WARNING",
+           "SAGEHOST_DEFAULT_METHOD": METHOD}  # fmt: skip
     return [spawn(cmd, env, work / "granian.log", cwd=BENCH)], port
 
 
@@ -217,7 +317,8 @@ def start_classic(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[by
         "60",
         "classic_recipe:app",
     ]
-    env = {**os.environ, "MODEL_DIR": str(model_dir)}
+    # One OpenMP thread per worker, as issue 17's measurement ran it: gevent workers on 2 cores.
+    env = {**os.environ, "MODEL_DIR": str(model_dir), "CLASSIC_METHOD": METHOD, "OMP_NUM_THREADS": "1"}
     procs = [spawn(gunicorn, env, work / "gunicorn.log")]
     conf = work / f"nginx-{port}.conf"
     conf.write_text(NGINX_CONF.format(port=port, sock=sock, work=work))
@@ -371,7 +472,10 @@ PING = {"mlserver": "/v2/models/model/ready"}
 INVOKE = {"mlserver": "/v2/models/model/infer"}
 
 
-def request_for(stack: str, row: list[float]) -> tuple[str, str]:
+def request_for(stack: str, row: list[float], model_dir: Path) -> tuple[str, str]:
+    """One request's body and Content-Type as `stack` takes it."""
+    if (model_dir / REQUEST).exists():  # a record of named fields, as JSON
+        return (model_dir / REQUEST).read_text(), "application/json"
     if stack == "mlserver":  # the V2 (Open Inference Protocol) request its REST API takes
         tensor = {"name": "input-0", "shape": [1, len(row)], "datatype": "FP64", "data": row}
         return orjson.dumps({"inputs": [tensor]}).decode(), "application/json"
@@ -409,19 +513,22 @@ def run_stacks(
             started[stack] = STACKS[stack](model_dir, work)
         for stack, (procs, port) in started.items():
             wait_ready(f"http://127.0.0.1:{port}{PING.get(stack, '/ping')}", procs[0])
-            body, content_type = request_for(stack, row)
+            body, content_type = request_for(stack, row, model_dir)
             ab(f"http://127.0.0.1:{port}{INVOKE.get(stack, '/invocations')}", body, content_type, 2, work)  # warm up
         for turn in range(rounds):
             for stack in stacks[turn % len(stacks) :] + stacks[: turn % len(stacks)]:
                 procs, port = started[stack]
-                body, content_type = request_for(stack, row)
+                body, content_type = request_for(stack, row, model_dir)
                 url = f"http://127.0.0.1:{port}{INVOKE.get(stack, '/invocations')}"
                 for tool, measure in (("wrk", wrk), ("ab -k", ab)):
                     cpu_before, start = tree_cpu_seconds(procs), time.monotonic()
                     rps, p50, p99, errors = measure(url, body, content_type, seconds, work)
                     elapsed, cpu = time.monotonic() - start, tree_cpu_seconds(procs) - cpu_before
                     cpu_us = cpu / max(rps * elapsed, 1) * 1e6
-                    results.append(Result(stack, model, tool, rps, p50, p99, errors, tree_rss_mb(procs), cpu_us, turn))
+                    pss = memory.summed_pss(_stack_pids(procs)).total_mb
+                    results.append(
+                        Result(stack, model, tool, rps, p50, p99, errors, tree_rss_mb(procs), pss, cpu_us, turn)
+                    )
                     print(_row(results[-1]), flush=True)
     finally:
         for procs, _ in started.values():
@@ -429,10 +536,15 @@ def run_stacks(
     return results
 
 
+def _stack_pids(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    return [pid for proc in procs for pid in memory.session_pids(proc.pid)]
+
+
 def _row(r: Result) -> str:
     return (
-        f"{r.model:4} {r.stack:9} {r.tool:6} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
-        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors:5d}  RSS {r.rss_mb:6.0f} MB  CPU {r.cpu_us:5.0f} us/req"
+        f"{r.model:5} {r.stack:9} {r.tool:6} {r.rps:10.0f} req/s  p50 {r.p50_ms:7.2f} ms  "
+        f"p99 {r.p99_ms:7.2f} ms  errors {r.errors:5d}  RSS {r.rss_mb:6.0f} MB  PSS {r.pss_mb:6.0f} MB  "
+        f"CPU {r.cpu_us:5.0f} us/req"
     )
 
 
@@ -452,7 +564,7 @@ def report(results: list[Result]) -> None:
         if stack == "sagehost" or not ours:
             continue
         ratio = median_high(r.rps for r in ours) / median_high(r.rps for r in runs)
-        line = f"  {model:4} {tool:6} sagehost / {stack:8} = {ratio:6.2f}x"
+        line = f"  {model:5} {tool:6} sagehost / {stack:8} = {ratio:6.2f}x"
         if len(runs) > 1:  # each round's pair, seconds apart: they share the machine's drift
             paired = sorted(a.rps / b.rps for a, b in zip(ours, runs, strict=True))
             cpu = sorted(a.cpu_us / b.cpu_us for a, b in zip(ours, runs, strict=True))
@@ -462,19 +574,58 @@ def report(results: list[Result]) -> None:
 
 
 def _figures(r: Result) -> tuple[float, ...]:
-    return (r.rps, r.p50_ms, r.p99_ms, r.errors, r.rss_mb, r.cpu_us)
+    return (r.rps, r.p50_ms, r.p99_ms, r.errors, r.rss_mb, r.pss_mb, r.cpu_us)
+
+
+def measure_memory(models: list[str]) -> None:
+    """`sagehost serve` with 1 worker, then 2, on each model: summed PSS once every worker has
+    served requests, and the ratio (issue 17: at most 1.25, aim 1.1)."""
+    with tempfile.TemporaryDirectory(prefix="sagehost-bench-") as tmp:
+        work = Path(tmp)
+        dirs = train(work, models)
+        row = np.loadtxt(work / "row.csv", delimiter=",").tolist()
+        print("summed PSS of `sagehost serve` (supervisor and workers) after 400+ requests on fresh connections")
+        for model in models:
+            figures = {workers: _serve_pss(dirs[model], row, work, workers) for workers in (1, 2)}
+            one, two = figures[1], figures[2]
+            print(f"{model:5} 1 worker:  {one}")
+            print(f"{model:5} 2 workers: {two}")
+            print(f"{model:5} 2 workers / 1: PSS {two.total_mb / one.total_mb:.2f}x, "
+                  f"anonymous {two.anon_mb / one.anon_mb:.2f}x", flush=True)  # fmt: skip
+
+
+def _serve_pss(model_dir: Path, row: list[float], work: Path, workers: int) -> memory.Pss:
+    procs, port = start_sagehost(model_dir, work, workers)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ping", procs[0])
+        body, content_type = request_for("sagehost", row, model_dir)
+        body_file = work / "memory-body"
+        body_file.write_text(body)
+        pids = memory.session_pids(procs[0].pid)
+        served_by = [pid for pid in pids if pid != procs[0].pid] or [procs[0].pid]
+        memory.warm_every_worker(f"http://127.0.0.1:{port}/invocations", body_file, content_type, served_by)
+        return memory.settle(pids)
+    finally:
+        stop(procs)
 
 
 def main() -> None:
+    global METHOD
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1, help="with more than 1, the stacks run side by side, in turns")
     parser.add_argument("--models", default="lr,rf,xgb,onnx")
     parser.add_argument("--stacks", default="sagehost,classic,mlflow")
+    parser.add_argument("--method", default="predict_proba", choices=("predict", "predict_proba"))
+    parser.add_argument("--memory", action="store_true", help="summed PSS of sagehost with 1 and 2 workers instead")
     args = parser.parse_args()
     for tool in ("wrk", "ab", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: run scripts/setup --bench")
+    METHOD = args.method
+    if args.memory:
+        measure_memory(args.models.split(","))
+        return
     print(f"{os.cpu_count()} cores, {WORKERS} workers per stack, 40 connections, one row per request\n")
     report(run(args.models.split(","), args.stacks.split(","), args.seconds, args.rounds))
 
