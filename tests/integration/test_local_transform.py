@@ -1,12 +1,14 @@
-"""`sagehost local transform --no-container`: real processes (the runner, and the `sagehost serve`
-it starts in batch mode) with the demo model packaged by `sagehost package`, and the exact bytes
-of each .out as SageMaker writes them: one prediction per record, in input order."""
+"""`sagehost local transform`: real processes (the runner, and the `sagehost serve` it starts in
+batch mode, with --no-container or in an image built by `sagehost build`) with the demo model
+packaged by `sagehost package`, and the exact bytes of each .out as SageMaker writes them: one
+prediction per record, in input order."""
 
 from __future__ import annotations
 
 import gzip
 import logging
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from tests.conftest import SAGEHOST
+from tests.integration.test_container import BASE, build, podman
 
 MIB = 1024 * 1024
 KEY_ID = "AKIALOCALTRANSFORM7Q"
@@ -40,11 +43,12 @@ def archive(iris_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def transform(archive: Path, *args: str, env: dict[str, str] | None = None) -> Ran:
+def transform(archive: Path, *args: str, env: dict[str, str] | None = None, image: str | None = None) -> Ran:
+    """`local transform` of `archive`: in `image`, else with --no-container."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "SAGEHOST_", "SM_", "AWS_"))}
     clean.update({"SAGEHOST_WORKERS": "1", **(env or {})})
     done = subprocess.run(
-        [SAGEHOST, "local", "transform", "--no-container", "--model-data", str(archive), *args],
+        [SAGEHOST, "local", "transform", image or "--no-container", "--model-data", str(archive), *args],
         capture_output=True,
         text=True,
         env=clean,
@@ -236,3 +240,49 @@ def test_s3_input_and_output(archive: Path, iris_model: Any, iris_frame: pd.Data
     body = s3.get_object(Bucket="transform-data", Key="output/2026/b.csv.out")["Body"].read()
     assert body == lines(labels(iris_model, second))
     assert KEY_ID not in ran.log and SECRET not in ran.log
+
+
+# ---- in a container: an image `sagehost build` made, run as SageMaker runs a transform job -----------
+
+
+@pytest.fixture(scope="module")
+def code_image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A code-only image: the job's model.tar.gz is mounted read-only at /opt/ml/model."""
+    assert shutil.which("podman"), "podman is missing: run scripts/setup-containers"
+    assert podman("image", "exists", BASE, check=False).returncode == 0, f"no {BASE}: run scripts/setup-containers"
+    tag = f"localhost/sagehost-transform-test-{os.getpid()}"
+    build(tag, tmp_path_factory.mktemp("transform-context"))
+    yield tag
+    podman("rmi", "-f", tag, check=False)
+
+
+@pytest.mark.container
+@pytest.mark.slow
+def test_a_built_image_transforms_line_by_line_and_a_bad_record_fails_its_file(
+    code_image: str, archive: Path, iris_model: Any, iris_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    big = pd.concat([iris_frame] * 500, ignore_index=True)  # 1.2 MB: two 1 MB mini-batches
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "iris.csv").write_bytes(csv_text(big))
+    (tmp_path / "in" / "bad.csv").write_bytes(b"5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n\n1.0,2.0\n5.9,3.0,4.2,1.5\n")
+
+    ran = transform(
+        archive,
+        *("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--max-payload-mb", "1"),
+        *("--content-type", "text/csv", "--accept", "text/csv", "--split-type", "Line", "--strategy", "MultiRecord"),
+        *("--assemble-with", "Line"),
+        image=code_image,
+    )
+
+    assert ran.code == 1, ran.log
+    assert "[container] " in ran.log  # the image's server answered, not a local process
+    # Each record's prediction on its own line, no blank line where a mini-batch's answer ended.
+    assert (tmp_path / "out" / "iris.csv.out").read_bytes() == lines(labels(iris_model, big))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["iris.csv.out"]
+    bad = str(tmp_path / "in" / "bad.csv")
+    assert (
+        f"Failed: {bad}, line 4: the container answered HTTP 400: schema_mismatch: Expected 4 values per row, got 2"
+        in ran.log
+    )
+    assert "BatchStrategy=MULTI_RECORD (--strategy)" in ran.log
+    assert "1 of 2 files transformed" in ran.log
