@@ -8,10 +8,13 @@ names but different behaviour, and pickles written by importing that code as the
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import subprocess
 import sys
 import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -173,3 +176,43 @@ def test_one_model_alone_is_imported_as_the_toolkit_imports_it(models: dict[str,
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == ANSWERS["a"]
+
+
+def test_another_thread_s_import_during_a_load_neither_waits_for_it_nor_gets_its_module(tmp_path: Path) -> None:
+    """SageMaker loads a model while others answer: an import by plain name in another thread
+    (a lazy import, a pickle) must not wait for the load, nor get the loading model's module."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "lonely_helpers.py").write_text("WHO = 'loading model'\n")
+    (code / "inference.py").write_text(
+        "import threading\n"
+        "started, release = threading.Event(), threading.Event()\n"
+        "def model_fn(model_dir):\n"
+        "    started.set()\n"
+        "    release.wait(30)\n"
+        "    import lonely_helpers\n"
+        "    return lonely_helpers.WHO\n"
+    )
+    script = import_script(code / "inference.py", isolated=True)
+    model_fn = script.hook("model_fn")
+    assert model_fn is not None
+    found: list[object] = []
+
+    def plain_import() -> None:
+        try:
+            found.append(importlib.import_module("lonely_helpers"))
+        except ModuleNotFoundError as exc:
+            found.append(exc)
+
+    with ThreadPoolExecutor(2) as pool:
+        loading = pool.submit(call_hook, model_fn, str(tmp_path))
+        try:
+            assert script.module.started.wait(30)
+            other = threading.Thread(target=plain_import, daemon=True)
+            other.start()
+            other.join(10)
+            assert not other.is_alive(), "a plain import waited for another model's load"
+        finally:
+            script.module.release.set()
+        assert loading.result(30) == "loading model"
+    assert len(found) == 1 and isinstance(found[0], ModuleNotFoundError)

@@ -255,16 +255,19 @@ class _IsolatedFinder(importlib.abc.MetaPathFinder):
 
 
 class _PlainFinder(importlib.abc.MetaPathFinder):
-    """While `plain_names()` holds: `import utils` by plain name (as pickle does) is the namespace's."""
+    """While `plain_names()` holds: `import utils` by plain name (as pickle does) is the namespace's,
+    in the thread loading it. Another thread's import finds what it would without (and never waits
+    for this namespace's lock, which the loading thread holds while it may wait for that import)."""
 
     def __init__(self, namespace: CodeNamespace, names: set[str]) -> None:
         self._namespace = namespace
         self._names = names
+        self._thread = threading.get_ident()
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if _top(fullname) not in self._names:
+        if _top(fullname) not in self._names or threading.get_ident() != self._thread:
             return None
         namespace = self._namespace
         return importlib.util.spec_from_loader(fullname, _Existing(lambda: namespace.module(fullname)))
