@@ -38,7 +38,7 @@ def adopt(obj: Any, description: str, threads: int) -> Model | None:
     return None
 
 
-def xgboost(booster: Any, description: str, threads: int) -> Model:
+def xgboost(booster: Any, description: str, threads: int) -> BoosterModel:
     booster.set_param({"nthread": threads})
     objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
     n_features = booster.num_features()
@@ -65,7 +65,7 @@ def xgboost(booster: Any, description: str, threads: int) -> Model:
     )
 
 
-def lightgbm(booster: Any, description: str, threads: int) -> Model:
+def lightgbm(booster: Any, description: str, threads: int) -> BoosterModel:
     objective = str(booster.params.get("objective") or booster.dump_model(num_iteration=0)["objective"])
     objective = objective.split(maxsplit=1)[0]
     n_features = booster.num_feature()

@@ -68,55 +68,56 @@ class FlatTrees:
         self.per_group = per_group[0]
         sizes = [len(t.feature) for t in ordered]
         offsets = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
-        self.roots = offsets
-        left = np.concatenate([np.where(t.left < 0, -1, t.left + off) for t, off in zip(ordered, offsets, strict=True)])
-        right = np.concatenate(
-            [np.where(t.left < 0, -1, t.right + off) for t, off in zip(ordered, offsets, strict=True)]
-        )
-        self.depth = _depth(offsets, left, right)
-        own = np.arange(len(left), dtype=np.intp)
-        # Children side by side: node i's next node is kids[2*i + went_right].
-        self.kids = np.column_stack([np.where(left < 0, own, left), np.where(left < 0, own, right)]).ravel()
-        self.internal = left >= 0
-        self.feature = np.concatenate([t.feature for t in ordered]).astype(np.intp)
-        self.threshold = np.concatenate([t.threshold for t in ordered]).astype(np.float64)
-        self.value = np.concatenate([t.value for t in ordered])
-        by_comparison = self.threshold < 0  # where a zero goes by `0 <= threshold`: right iff threshold < 0
-        self.nan_right = _right_of(ordered, "nan_left", None)
-        zero_right = _right_of(ordered, "zero_left", by_comparison)
+        left = np.concatenate([np.where(t.left < 0, -1, t.left + o) for t, o in zip(ordered, offsets, strict=True)])
+        right = np.concatenate([np.where(t.left < 0, -1, t.right + o) for t, o in zip(ordered, offsets, strict=True)])
+        order, self.depth = _level_order(offsets, left, right)
+        renumber = np.empty(len(left), dtype=np.intp)
+        renumber[order] = np.arange(len(order), dtype=np.intp)
+        self.n_trees = len(ordered)
+        self._roots = np.arange(self.n_trees, dtype=np.intp)[:, None]
+        self.internal = left[order] >= 0
+        # A node's children sit side by side (right = left + 1) and a leaf is its own left child,
+        # with an infinite threshold so that nothing goes right of it: one step is `left + went_right`.
+        self.left = np.where(self.internal, renumber[np.maximum(left[order], 0)], np.arange(len(order)))
+        self.feature = np.concatenate([t.feature for t in ordered]).astype(np.intp)[order]
+        threshold = np.concatenate([t.threshold for t in ordered]).astype(np.float64)[order]
+        self.threshold = np.where(self.internal, threshold, np.inf)
+        self.value = np.concatenate([t.value for t in ordered])[order]
+        by_comparison = threshold < 0  # where a zero goes by `0 <= threshold`: right iff threshold < 0
+        nan_right = _right_of(ordered, "nan_left", None)
+        self.nan_right = None if nan_right is None else nan_right[order] & self.internal
+        zero_right = _right_of(ordered, "zero_left", np.concatenate([t.threshold for t in ordered]) < 0)
+        zero_right = None if zero_right is None else zero_right[order] & self.internal
         differs = zero_right is not None and bool((zero_right != by_comparison)[self.internal].any())
         self.zero_right = zero_right if differs else None
 
-    @property
-    def n_trees(self) -> int:
-        return len(self.roots)
-
     def sums(self, x: Array) -> Array | None:
-        """Each group's leaves summed in tree order: (rows, groups[, classes]); None when the batch
+        """Each group's leaves summed in tree order: (groups, rows[, classes]); None when the batch
         holds a NaN and these trees do not say where NaN goes. `x` is float64, C-contiguous."""
         nan = bool(np.isnan(x).any())
         if nan and self.nan_right is None:
             return None
         zero = self.zero_right is not None and bool((x == 0).any())
         parts = [self._sums(x[i : i + _CHUNK_ROWS], nan, zero) for i in range(0, len(x), _CHUNK_ROWS)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _sums(self, x: Array, nan: bool, zero: bool) -> Array:
         flat = x.ravel()
-        base = (np.arange(len(x), dtype=np.intp) * x.shape[1])[:, None]
-        node = np.broadcast_to(self.roots, (len(x), self.n_trees))
+        base = np.arange(0, x.size, x.shape[1], dtype=np.intp)  # each row's start in `flat`
+        one = len(x) == 1
+        node = self._roots  # (trees, 1): broadcast against the rows on the first step
         for _ in range(self.depth):
-            v = flat[base + self.feature[node]]
+            v = flat[self.feature[node] if one else base + self.feature[node]]
             right = v > self.threshold[node]  # NaN compares False: settled just below
             if nan:
                 right = np.where(np.isnan(v), self.nan_right[node], right)  # type: ignore[index]
             if zero:
                 right = np.where(v == 0, self.zero_right[node], right)  # type: ignore[index]
-            node = self.kids[2 * node + right]
-        leaves = self.value[node].reshape(len(x), self.n_groups, self.per_group, *self.value.shape[1:])
-        # cumsum adds tree by tree in the library's order and dtype: the same sums, bit for bit.
-        total: Array = np.cumsum(leaves, axis=2)[:, :, -1]
-        return total
+            node = self.left[node] + right
+        if node.shape[1] != len(x):  # no split in any tree: the roots never met the rows
+            node = np.broadcast_to(node, (self.n_trees, len(x)))
+        leaves = self.value[node].reshape(self.n_groups, self.per_group, len(x), *self.value.shape[1:])
+        return _in_order_sum(leaves)
 
     def probe_rows(self, width: int) -> tuple[Array, Array]:
         """Rows to prove a lean path with: (rows spread over every feature's split points, so they
@@ -158,14 +159,26 @@ def _right_of(trees: Sequence[Tree], name: str, default: Array | None) -> Array 
     return np.concatenate(parts)
 
 
-def _depth(roots: Array, left: Array, right: Array) -> int:
-    """The longest root-to-leaf path, one level of every tree at a time."""
-    frontier, depth = roots, 0
+def _in_order_sum(leaves: Array) -> Array:
+    """Sum over axis 1 (a group's trees) one tree after another, in the library's order and
+    dtype, so the sums match bit for bit. Reducing an outer axis adds whole rows in order;
+    along a single contiguous axis numpy sums pairwise instead, so one row takes cumsum."""
+    if leaves[0, 0].size > 1:
+        total: Array = np.add.reduce(leaves, axis=1)
+        return total
+    last: Array = np.cumsum(leaves, axis=1)[:, -1]
+    return last
+
+
+def _level_order(roots: Array, left: Array, right: Array) -> tuple[Array, int]:
+    """Every reachable node, level by level from the roots, siblings side by side; and the
+    longest root-to-leaf path."""
+    levels, frontier = [roots], roots
     while True:
-        frontier = frontier[left[frontier] >= 0]
-        if not frontier.size:
-            return depth
-        depth += 1
-        if depth > len(left):
+        split = frontier[left[frontier] >= 0]
+        if not split.size:
+            return np.concatenate(levels), len(levels) - 1
+        if len(levels) > len(left):
             raise ValueError("the trees' child links form a cycle")
-        frontier = np.concatenate([left[frontier], right[frontier]])
+        frontier = np.column_stack([left[split], right[split]]).ravel()
+        levels.append(frontier)

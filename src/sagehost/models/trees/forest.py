@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from sagehost.models.trees.flat import Array, FlatTrees, Tree
-from sagehost.models.trees.path import TreePath, labels, via_float32
+from sagehost.models.trees.path import FOREST_STEPS, TreePath, labels, via_float32
 
 
 def path(forest: Any, classifier: bool) -> TreePath:
@@ -18,16 +18,17 @@ def path(forest: Any, classifier: bool) -> TreePath:
     n = flat.n_trees
 
     def mean(sums: Array) -> Array:
-        total: Array = sums[:, 0] / n  # sklearn adds tree by tree, then divides once
+        total: Array = sums[0] / n  # sklearn adds tree by tree, then divides once
         return total
 
     if not classifier:
-        return TreePath(flat, {"predict": mean}, prepare=via_float32)
+        return TreePath(flat, {"predict": mean}, prepare=via_float32, max_steps=FOREST_STEPS)
     classes = forest.classes_
     return TreePath(
         flat,
         {"predict_proba": mean, "predict": lambda s: labels(classes, np.argmax(mean(s), axis=1))},
         prepare=via_float32,
+        max_steps=FOREST_STEPS,
     )
 
 

@@ -8,6 +8,7 @@ with the library.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ def path(model: Any) -> TreePath | None:
     flat = FlatTrees(trees)
     loss = model._loss
     if not hasattr(model, "classes_"):
-        return TreePath(flat, {"predict": lambda raw: loss.link.inverse(raw.ravel())}, prepare=as_float64)
+        return TreePath(flat, {"predict": lambda sums: loss.link.inverse(sums[0])}, prepare=as_float64)
     classes = model.classes_
 
     def predict(raw: Array) -> Array:
@@ -42,8 +43,13 @@ def path(model: Any) -> TreePath | None:
     def decision(raw: Array) -> Array:
         return raw.ravel() if raw.shape[1] == 1 else raw
 
-    outputs = {"predict": predict, "predict_proba": loss.predict_proba, "decision_function": decision}
-    return TreePath(flat, outputs, prepare=as_float64)
+    on_raw = {"predict": predict, "predict_proba": loss.predict_proba, "decision_function": decision}
+    return TreePath(flat, {method: _rows_first(fn) for method, fn in on_raw.items()}, prepare=as_float64)
+
+
+def _rows_first(fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
+    """The library's (rows, trees per iteration) raw scores from the walk's (groups, rows) sums."""
+    return lambda sums: fn(sums.T)
 
 
 def _tree(nodes: Array, group: int) -> Tree | None:

@@ -70,8 +70,8 @@ def _read(dump: dict[str, Any]) -> tuple[FlatTrees, Callable[[Array], Array]] | 
         trees.append(tree)
     flat = FlatTrees(trees)
     if per_iteration == 1:
-        return flat, lambda sums: link(sums[:, 0])
-    return flat, link
+        return flat, lambda sums: link(sums[0])
+    return flat, lambda sums: link(sums.T)
 
 
 def _link(objective: str) -> Callable[[Array], Array] | None:

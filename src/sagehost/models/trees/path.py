@@ -15,6 +15,13 @@ from sagehost.models.trees.flat import Array, FlatTrees
 FLOAT64_TOLERANCE = (1e-9, 1e-12)
 FLOAT32_TOLERANCE = (1e-5, 1e-6)
 
+# Past some batch size the library's compiled loop beats numpy's array passes (the walk costs
+# per row and tree level; the library's fixed cost per call is what the walk saves). Measured in
+# bench/trees_inprocess.py: boosted libraries overtake the walk near 50,000 (row, tree, level)
+# steps per batch; scikit-learn's forests, which pay for joblib on every call, near 500,000.
+BOOSTED_STEPS = 50_000
+FOREST_STEPS = 500_000
+
 
 class TreePath:
     """A FastPath: `outputs` maps each method to the arithmetic on the (rows, groups) sums."""
@@ -26,8 +33,11 @@ class TreePath:
         *,
         prepare: Callable[[Array], Array],
         tolerance: tuple[float, float] = FLOAT64_TOLERANCE,
+        max_steps: int = BOOSTED_STEPS,
     ) -> None:
         self.trees = trees
+        self.max_rows = max(1, max_steps // (trees.n_trees * max(trees.depth, 1)))
+        """Bigger batches go to the library, which is faster there."""
         self.methods = frozenset(outputs)
         self.tolerance = tolerance
         self._outputs = dict(outputs)
@@ -35,7 +45,7 @@ class TreePath:
 
     def predict(self, x: Array, method: str) -> Array | None:
         finish = self._outputs.get(method)
-        if finish is None:
+        if finish is None or len(x) > self.max_rows:
             return None
         sums = self.trees.sums(self._prepare(x))
         return None if sums is None else finish(sums)

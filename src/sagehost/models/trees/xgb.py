@@ -122,8 +122,8 @@ def _read(booster: Any, iterations: tuple[int, int]) -> tuple[FlatTrees, Callabl
         trees.append(tree)
     flat = FlatTrees(trees)
     if n_groups == 1 and objective not in ("multi:softprob", "multi:softmax"):
-        return flat, lambda sums: link(sums[:, 0])
-    return flat, link
+        return flat, lambda sums: link(sums[0])
+    return flat, lambda sums: link(sums.T)
 
 
 def _tree(tree: dict[str, Any], group: int) -> Tree | None:
