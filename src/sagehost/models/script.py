@@ -10,6 +10,9 @@ integer `status_code` (the toolkit's `BaseInferenceToolkitError`) sets the respo
 Hooks left out fall back to ours. A script that defines only `model_fn` is served through the
 zero-code path (micro-batched); the others are called per request, since a user's
 `predict_fn` may assume it sees one request at a time.
+
+Several scripts in one process (multi-model) each get a namespace of their own, so their
+`inference` and sibling modules (code/utils.py, …) stay theirs: see code_namespace.py.
 """
 
 from __future__ import annotations
