@@ -31,6 +31,10 @@ __all__ = ["LeanPipeline", "compile_pipeline"]
 
 _ROW_WIDTH = 512  # wider single rows go the vectorised way: a Python loop per cell would cost more
 _INFINITIES = (math.inf, -math.inf)
+# The final estimators refuse NaN and infinity, and scikit-learn's trees anything beyond float32
+# ("Input X contains infinity or a value too large for dtype('float32')"): such a batch is the
+# library's to answer or refuse.
+_LARGEST = float(np.finfo(np.float32).max)
 
 
 class LeanPipeline:
@@ -56,8 +60,8 @@ class LeanPipeline:
         if out is None:
             return None
         x = out.numbers
-        if not np.isfinite(x).all():
-            return None  # the final estimators refuse NaN and infinity: the library says how
+        if x.size and not np.abs(x).max() <= _LARGEST:  # also False for NaN
+            return None
         return self._final.predict(x, method)
 
     def _one_row(self, row: Any, method: str) -> np.ndarray[Any, Any] | None:
@@ -67,7 +71,7 @@ class LeanPipeline:
             if values[i] in _INFINITIES:
                 return None  # every covered step's validation refuses infinity
         out = self._transform.row(values)
-        if out is None or not math.isfinite(sum(out)):  # NaN or infinity: the final estimator refuses them
+        if out is None or not sum(map(abs, out)) <= _LARGEST:  # also False for NaN
             return None
         x = np.empty((1, len(out)))
         x[0] = out  # cheaper than np.array(list) for a row of a few dozen floats

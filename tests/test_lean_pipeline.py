@@ -1,0 +1,452 @@
+"""Lean pipelines (sagehost.models.lean) against scikit-learn itself, on really trained pipelines.
+
+Every answer is compared with what sagehost gave before the lean path existed: the library's own
+method on the DataFrame sagehost builds (`EstimatorModel(..., fast_path=False)`), on rows decoded
+and conformed exactly as requests are. Where the library raises, the lean path must leave the
+batch to it (counted in `EstimatorModel.declined`) so the same exception comes out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import joblib
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, RandomForestRegressor
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MinMaxScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    PolynomialFeatures,
+    RobustScaler,
+    StandardScaler,
+)
+from sklearn.svm import SVC
+
+from sagehost.codecs.decode import decode
+from sagehost.config import Method, Settings
+from sagehost.models import lean, schema
+from sagehost.models.estimator import EstimatorModel
+from sagehost.predictor import Model, ModelSpec, Outputs, Rows
+from sagehost.server import build_service, load_and_warm
+from sagehost.service import Service
+
+TEXT = ["colour", "city", "flag"]
+NUMBERS = ["amount", "age"]
+METHODS: tuple[Method, ...] = ("predict", "predict_proba", "decision_function")
+
+
+def training_frame(n: int = 300, seed: int = 0, missing: bool = False) -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "colour": rng.choice(["red", "green", "blue", "black"], n, p=[0.45, 0.3, 0.22, 0.03]),
+            "city": rng.choice(["paris", "lyon", "nice", "rome", "oslo"], n),
+            "flag": rng.choice(["y", "n"], n),
+            "amount": rng.lognormal(3, 1, n),
+            "age": rng.integers(18, 90, n).astype(float),
+            "code": rng.choice([1, 2, 3], n),
+        }
+    )
+    if missing:
+        frame.loc[rng.random(n) < 0.1, "colour"] = None
+        frame.loc[rng.random(n) < 0.1, "amount"] = np.nan
+    target = (frame["city"].isin(["paris", "nice"]) ^ (frame["age"] > 50)).astype(int).to_numpy().copy()
+    target[frame["colour"].to_numpy() == "green"] = 2
+    return frame, target
+
+
+def records_for(frame: pd.DataFrame, columns: list[str], count: int = 40, seed: int = 1) -> list[dict[str, Any]]:
+    """Typical rows, then edge rows: unknown categories, None, "", a number in a text field,
+    missing and extreme numbers."""
+    rng = np.random.default_rng(seed)
+    typical = [{c: _plain(frame[c].iloc[int(rng.integers(len(frame)))]) for c in columns} for _ in range(count)]
+    edges = []
+    for column in columns:
+        text = column in TEXT
+        for edge in ["zzz", None, "", 7, "x" * 300] if text else [None, 1e300, -1e300, 0.0, 123456.5]:
+            edges.append({**typical[0], column: edge})
+    return typical + edges
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return None if np.isnan(value) else value.item()
+    return value
+
+
+def conformed(records: list[dict[str, Any]], spec: ModelSpec) -> Rows:
+    """The rows exactly as a JSON request of these records reaches the model."""
+    return schema.conform(decode(orjson.dumps(records), "application/json"), spec)
+
+
+def outcome(call: Callable[[], Outputs]) -> tuple[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the library warns on unknown categories with drop=...
+        try:
+            return "answer", np.asarray(call())
+        except Exception as exc:  # the library's own error, as sagehost's boundary would see it
+            return "raised", (type(exc), str(exc))
+
+
+def assert_same(model: EstimatorModel, library: EstimatorModel, rows: Rows, method: Method) -> None:
+    ours = outcome(lambda: model.predict(rows, method))
+    theirs = outcome(lambda: library.predict(rows, method))
+    assert ours[0] == theirs[0], (ours, theirs)
+    if ours[0] == "raised":
+        assert ours[1] == theirs[1]
+    elif theirs[1].dtype.kind == "f":
+        np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-9, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(ours[1], theirs[1])
+
+
+def check_parity(pipeline: Any, frame: pd.DataFrame, columns: list[str]) -> EstimatorModel:
+    """The lean path is on, and equals the library on one batch, single rows and small batches."""
+    model = EstimatorModel(pipeline, "pipeline")
+    library = EstimatorModel(pipeline, "pipeline", fast_path=False)
+    assert model.uses_fast_path
+    records = records_for(frame, columns)
+    methods = [m for m in METHODS if m in model.spec.methods]
+    typical = conformed(records[:40], model.spec)
+    before = model.declined
+    for method in methods:
+        assert_same(model, library, typical, method)
+    assert model.declined == before, "the lean path left ordinary rows to the library"
+    for method in methods:
+        assert_same(model, library, conformed(records, model.spec), method)
+    for record in records[40:] + records[:3]:
+        assert_same(model, library, conformed([record], model.spec), "predict_proba")
+    for pair in zip(records[40::2], records[41::2], strict=False):
+        assert_same(model, library, conformed(list(pair), model.spec), methods[0])
+    return model
+
+
+def by_name(parts: list[tuple[str, Any, Any]], final: Any, **options: Any) -> Pipeline:
+    return make_pipeline(ColumnTransformer(parts, **options), final)
+
+
+# ---- parity, step by step and combined -------------------------------------------------------
+
+
+def test_the_fraud_shape_one_hot_and_scaled_into_logistic_regression() -> None:
+    frame, y = training_frame()
+    pipeline = by_name(
+        [("text", OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", StandardScaler(), NUMBERS)],
+        LogisticRegression(max_iter=1000),
+    ).fit(frame[TEXT + NUMBERS], y)
+    check_parity(pipeline, frame, TEXT + NUMBERS)
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        OneHotEncoder(handle_unknown="ignore", drop="first"),
+        OneHotEncoder(handle_unknown="ignore", drop="if_binary"),
+        OneHotEncoder(handle_unknown="ignore", drop=["blue", "lyon", "y"]),
+        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=0.05),
+        OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=3, drop="first"),
+        OneHotEncoder(handle_unknown="ignore", max_categories=3),
+        OneHotEncoder(handle_unknown="warn", min_frequency=20),
+        OneHotEncoder(handle_unknown="error", sparse_output=False),
+        OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+    ],
+    ids=lambda e: repr(e)[:60],
+)
+def test_encoders_settings(encoder: Any) -> None:
+    frame, y = training_frame()
+    pipeline = by_name(
+        [("text", encoder, TEXT), ("numbers", MinMaxScaler(feature_range=(-1, 2), clip=True), NUMBERS)],
+        LogisticRegression(max_iter=2000),
+    ).fit(frame[TEXT + NUMBERS], y)
+    check_parity(pipeline, frame, TEXT + NUMBERS)
+
+
+def test_missing_values_imputed_then_encoded_and_scaled_into_a_forest() -> None:
+    frame, y = training_frame(missing=True)
+    text = make_pipeline(
+        SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore", drop="if_binary")
+    )
+    numbers = make_pipeline(SimpleImputer(strategy="median"), RobustScaler())
+    pipeline = by_name(
+        [("text", text, TEXT), ("numbers", numbers, NUMBERS)],
+        RandomForestClassifier(n_estimators=15, max_depth=6, random_state=0),
+    ).fit(frame[TEXT + NUMBERS], y)
+    check_parity(pipeline, frame, TEXT + NUMBERS)
+
+
+def test_missing_text_as_its_own_category_and_a_constant_fill() -> None:
+    frame, y = training_frame(missing=True)
+    text = [
+        ("seen_missing", OneHotEncoder(handle_unknown="ignore"), ["colour"]),
+        ("filled", make_pipeline(SimpleImputer(strategy="constant", fill_value="none"), OrdinalEncoder()), ["city"]),
+        ("ordinal", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=9), ["flag"]),
+    ]
+    numbers = ("numbers", make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(with_mean=False)), NUMBERS)
+    pipeline = by_name([*text, numbers], LogisticRegression(max_iter=2000)).fit(frame[TEXT + NUMBERS], y)
+    assert any(isinstance(c, float) for c in pipeline[0].named_transformers_["seen_missing"].categories_[0])
+    check_parity(pipeline, frame, TEXT + NUMBERS)
+
+
+def test_none_as_a_category_of_an_object_column() -> None:
+    """Trained on an object column holding None itself: a request's None matches it only when it
+    stays None, which pandas decides per batch; the lean path follows."""
+    frame, y = training_frame()
+    frame["colour"] = frame["colour"].astype(object)
+    frame.loc[frame.index[::7], "colour"] = None
+    pipeline = by_name(
+        [("text", OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", "passthrough", NUMBERS)],
+        LogisticRegression(max_iter=3000),
+    ).fit(frame[TEXT + NUMBERS], y)
+    check_parity(pipeline, frame, TEXT + NUMBERS)
+
+
+def test_numbers_one_hot_encoded_with_remainder_passthrough_and_weights() -> None:
+    frame, y = training_frame(missing=True)
+    frame["code"] = frame["code"].astype(float)
+    frame.loc[frame.index[::9], "code"] = np.nan
+    columns = ["code", *NUMBERS, "flag"]
+    pipeline = by_name(
+        [
+            ("code", OneHotEncoder(handle_unknown="ignore"), ["code"]),
+            ("flag", OneHotEncoder(), ["flag"]),
+            ("amount", SimpleImputer(keep_empty_features=True), ["amount"]),
+        ],
+        LogisticRegression(max_iter=2000),
+        remainder=StandardScaler(),
+        transformer_weights={"code": 2.0},
+    ).fit(frame[columns], y)
+    check_parity(pipeline, frame, columns)
+
+
+def test_all_numeric_ndarray_by_index_mask_and_slice_nested_and_identity() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 6)) * [1, 10, 100, 1, 1, 1000]
+    x[rng.random(x.shape) < 0.05] = np.nan
+    y = (np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 2]) / 100 > 0).astype(int)
+    columns = ColumnTransformer(
+        [
+            ("first", make_pipeline(SimpleImputer(), StandardScaler()), [0, 1]),
+            (
+                "mask",
+                make_pipeline(SimpleImputer(strategy="median"), MinMaxScaler()),
+                [False, False, True] + [False] * 3,
+            ),
+            (
+                "slice",
+                make_pipeline(FunctionTransformer(), SimpleImputer(strategy="constant", fill_value=0.5)),
+                slice(3, 5),
+            ),
+        ],
+        remainder=make_pipeline(SimpleImputer(), RobustScaler(with_centering=False)),
+    )
+    pipeline = Pipeline(
+        [("ident", FunctionTransformer()), ("columns", columns), ("none", None), ("lr", LogisticRegression())]
+    )
+    pipeline.fit(x, y)
+    model = EstimatorModel(pipeline, "numeric")
+    library = EstimatorModel(pipeline, "numeric", fast_path=False)
+    assert model.uses_fast_path
+    rows = np.vstack([x[:50], [[1e300, -1e300, 0.0, np.nan, 5.0, -2.0]]])
+    for method in METHODS:
+        assert_same(model, library, Rows(rows), method)
+        assert_same(model, library, Rows(rows[-1:]), method)
+        assert_same(model, library, Rows(rows[:1]), method)
+
+
+def test_an_all_missing_training_column_is_dropped_as_the_library_drops_it() -> None:
+    frame, y = training_frame()
+    frame["empty"] = np.nan
+    columns = [*NUMBERS, "empty"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Skipping features without any observed values"
+        pipeline = by_name(
+            [("numbers", make_pipeline(SimpleImputer(), StandardScaler()), columns)],
+            ExtraTreesClassifier(n_estimators=10, random_state=0),
+        ).fit(frame[columns], y)
+        check_parity(pipeline, frame, columns)
+
+
+def test_a_regression_pipeline_by_column_selector() -> None:
+    frame, _ = training_frame()
+    columns = TEXT + NUMBERS
+    pipeline = by_name(
+        [
+            ("text", OneHotEncoder(handle_unknown="ignore"), make_column_selector(dtype_include=object)),
+            ("numbers", StandardScaler(), make_column_selector(dtype_include=np.number)),
+        ],
+        RandomForestRegressor(n_estimators=10, random_state=0),
+    ).fit(frame[columns].astype({c: object for c in TEXT}), frame["amount"])
+    check_parity(pipeline, frame, columns)
+
+
+# ---- what the library must answer: declines and errors -----------------------------------------
+
+
+def fraud_like(encoder: Any = None) -> tuple[Pipeline, pd.DataFrame]:
+    frame, y = training_frame()
+    pipeline = by_name(
+        [("text", encoder or OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", StandardScaler(), NUMBERS)],
+        LogisticRegression(max_iter=1000),
+    ).fit(frame[TEXT + NUMBERS], y)
+    return pipeline, frame
+
+
+def test_an_unknown_category_under_handle_unknown_error_raises_the_librarys_error() -> None:
+    pipeline, frame = fraud_like(OneHotEncoder(handle_unknown="error"))
+    model = EstimatorModel(pipeline, "strict")
+    assert model.uses_fast_path
+    record = {c: _plain(frame[c].iloc[0]) for c in TEXT + NUMBERS}
+    for batch in ([{**record, "city": "atlantis"}], [record, {**record, "city": "atlantis"}]):
+        rows = conformed(batch, model.spec)
+        before = model.declined
+        with pytest.raises(ValueError, match="Found unknown categories") as ours:
+            model.predict(rows, "predict_proba")
+        with pytest.raises(ValueError) as theirs:
+            pipeline.predict_proba(pd.DataFrame(batch))
+        assert str(ours.value) == str(theirs.value)
+        assert model.declined == before + 1
+
+
+def test_a_missing_number_reaching_logistic_regression_is_the_librarys_to_refuse() -> None:
+    pipeline, frame = fraud_like()
+    model = EstimatorModel(pipeline, "no imputer")
+    record = {c: _plain(frame[c].iloc[0]) for c in TEXT + NUMBERS}
+    for batch in ([{**record, "amount": None}], [record, {**record, "age": None}]):
+        before = model.declined
+        with pytest.raises(ValueError, match="NaN"):
+            model.predict(conformed(batch, model.spec), "predict")
+        assert model.declined == before + 1
+
+
+def test_a_method_the_lean_path_lacks_is_left_to_the_library() -> None:
+    frame, y = training_frame()
+    pipeline = by_name([("numbers", StandardScaler(), NUMBERS)], RandomForestRegressor(n_estimators=5)).fit(
+        frame[NUMBERS], frame["amount"]
+    )
+    model = EstimatorModel(pipeline, "regressor")
+    assert model.uses_fast_path
+    rows = Rows(frame[NUMBERS].to_numpy()[:5])
+    assert np.allclose(model.predict(rows, "predict"), pipeline.predict(frame[NUMBERS][:5]), rtol=1e-12)
+    assert model.declined == 0
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        by_name([("numbers", make_pipeline(StandardScaler(), PolynomialFeatures()), NUMBERS)], LogisticRegression()),
+        by_name([("numbers", FunctionTransformer(np.log1p), NUMBERS)], LogisticRegression(max_iter=5000)),
+        by_name([("numbers", StandardScaler(), NUMBERS)], SVC()),
+        by_name([("numbers", StandardScaler().set_output(transform="pandas"), NUMBERS)], LogisticRegression()),
+        by_name([("numbers", SimpleImputer(add_indicator=True), NUMBERS)], LogisticRegression(max_iter=5000)),
+    ],
+    ids=["polynomial", "log1p", "svc", "pandas-output", "indicator"],
+)
+def test_uncovered_steps_leave_the_whole_pipeline_to_the_library(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    frame, y = training_frame()
+    pipeline.fit(frame[NUMBERS], y)
+    with caplog.at_level(logging.INFO, logger="sagehost.models"):
+        model = EstimatorModel(pipeline, "uncovered")
+    assert not model.uses_fast_path
+    assert "is not covered; scikit-learn serves it" in caplog.text
+    rows = Rows(frame[NUMBERS].to_numpy()[:7])
+    assert np.array_equal(model.predict(rows, "predict"), pipeline.predict(frame[NUMBERS][:7]))
+    assert model.declined == 0
+
+
+def test_a_disagreement_at_load_leaves_the_model_to_the_library(caplog: pytest.LogCaptureFixture) -> None:
+    pipeline, _ = fraud_like()
+    spec = EstimatorModel(pipeline, "x", fast_path=False).spec
+
+    def shifted(values: Any) -> pd.DataFrame:  # a reference that is off by one row: the proof must fail
+        frame = pd.DataFrame(values, columns=list(spec.feature_names or ()))
+        return frame.iloc[np.roll(np.arange(len(frame)), 1)]
+
+    with caplog.at_level(logging.INFO, logger="sagehost.models"):
+        assert lean.compile_pipeline(pipeline, spec, shifted) is None
+    assert "disagreed with scikit-learn" in caplog.text
+
+
+def test_turning_lean_paths_off_turns_this_one_off() -> None:
+    pipeline, _ = fraud_like()
+    assert not EstimatorModel(pipeline, "off", fast_path=False).uses_fast_path
+
+
+# ---- through the real app: micro-batched concurrent requests --------------------------------------
+
+
+class Recorded:
+    """The loaded model, wrapped as behaviour is added in sagehost: it notes each batch's size."""
+
+    def __init__(self, model: Model) -> None:
+        self._model = model
+        self.sizes: list[int] = []
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._model.spec
+
+    def predict(self, rows: Rows, method: Method) -> Outputs:
+        self.sizes.append(len(rows))
+        return self._model.predict(rows, method)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_concurrent_single_records_batched_through_the_app(tmp_path: Path) -> None:
+    from tests.test_app import serving
+
+    pipeline, frame = fraud_like(OneHotEncoder(handle_unknown="ignore", drop="if_binary"))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    joblib.dump(pipeline, model_dir / "model.joblib")
+    settings = Settings(model_dir=model_dir, workers=1, scratch_dir=tmp_path / "scratch", max_batch_wait_ms=5)
+    loaded = load_and_warm(settings)
+    assert isinstance(loaded, EstimatorModel) and loaded.uses_fast_path
+    recorded = Recorded(loaded)
+    records = records_for(frame, TEXT + NUMBERS, count=31)
+    # Not the extreme numbers: past float32's range the lean path leaves rows to the library.
+    records = [r for r in records if all(r[c] is not None and abs(r[c]) < 1e6 for c in NUMBERS)][:50]
+    assert len(records) == 50
+    library = EstimatorModel(pipeline, "library", fast_path=False)
+
+    async def load() -> Service:
+        return build_service(recorded, settings)
+
+    async with serving(settings, load) as client:
+
+        async def ask(record: dict[str, Any]) -> httpx.Response:
+            return await client.post("/invocations?method=predict_proba", json=record)
+
+        responses = await asyncio.wait_for(asyncio.gather(*(ask(r) for r in records)), timeout=30)
+    assert max(recorded.sizes) > 1, "no two requests were batched together"
+    declined = loaded.declined
+    for record, response in zip(records, responses, strict=True):
+        assert response.status_code == 200, response.text
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = library.predict(conformed([record], library.spec), "predict_proba")[0]
+        answer = response.json()
+        got = list(answer.values()) if isinstance(answer, dict) else answer
+        np.testing.assert_allclose(np.ravel(got), expected, rtol=1e-9, atol=1e-12)
+    assert declined == 0
