@@ -42,7 +42,6 @@ _ORIGINAL_IMPORT = builtins.__import__
 _SERIAL = itertools.count(1)
 _LIVE: weakref.WeakValueDictionary[str, CodeNamespace] = weakref.WeakValueDictionary()
 _PLAIN_LOCK = threading.RLock()  # plain names in sys.modules mean one model's modules at a time
-_MISSING = object()
 
 
 class CodeNamespace:
@@ -99,8 +98,7 @@ class CodeNamespace:
         with _PLAIN_LOCK, self.mounted():
             names = self._listed()
             hidden = {key: sys.modules.pop(key) for key in list(sys.modules) if _top(key) in names}
-            for short, module in self.modules.items():
-                sys.modules[short] = module
+            sys.modules.update({short: module for short, module in self.modules.items() if _top(short) in names})
             finder = _PlainFinder(self, names)
             sys.meta_path.insert(0, finder)
             try:
