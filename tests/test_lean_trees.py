@@ -307,7 +307,7 @@ def test_a_walk_that_disagrees_with_the_library_is_not_used(
     path.trees.value[path.trees.internal.argmin()] += 1e-6  # one leaf off by a millionth
     with caplog.at_level(logging.WARNING, logger="sagehost.models"):
         assert fast.proven(path, lambda r, _: booster.predict(r), 8, "tampered") is None
-    assert "disagreed with the library" in caplog.text
+    assert "disagreed with the library on predict" in caplog.text
 
 
 def test_big_batches_go_to_the_library_and_small_ones_to_the_walk(data: tuple[Array, Array]) -> None:
@@ -364,3 +364,19 @@ async def test_concurrent_requests_are_batched_and_answered_as_the_library(
         )
     got = np.asarray([a.json()[0] for a in answers])
     close(got, model.predict_proba(rows), XGB_TOLERANCE)
+
+
+def test_a_library_that_refuses_the_probe_rows_keeps_the_model(
+    data: tuple[Array, Array], caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = data
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(x, y % 2), 5)
+    path = lgbm.booster_path(booster)
+    assert path is not None
+
+    def refuses(rows: Array, _: str) -> Any:
+        return booster.predict(rows[:, :3])  # a wrong-width call: LightGBM raises
+
+    with caplog.at_level(logging.WARNING, logger="sagehost.models"):
+        assert fast.proven(path, refuses, 8, "refused") is None
+    assert "the check failed (LightGBMError" in caplog.text

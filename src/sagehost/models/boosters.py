@@ -48,7 +48,7 @@ def xgboost(booster: Any, description: str, threads: int) -> BoosterModel:
         out: Array = booster.inplace_predict(x)
         return out
 
-    predict = _lean_or(library, xgb.booster_path(booster), n_features, "XGBoost Booster")
+    predict = _lean_or(library, fast.built(xgb.booster_path, booster), n_features, "XGBoost Booster")
 
     n_classes = None
     if objective in _XGBOOST_BINARY:
@@ -77,7 +77,7 @@ def lightgbm(booster: Any, description: str, threads: int) -> BoosterModel:
         out: Array = booster.predict(x, num_threads=threads)
         return out
 
-    predict = _lean_or(library, lgbm.booster_path(booster), n_features, "LightGBM Booster")
+    predict = _lean_or(library, fast.built(lgbm.booster_path, booster), n_features, "LightGBM Booster")
 
     n_classes = None
     if objective in _LIGHTGBM_BINARY:

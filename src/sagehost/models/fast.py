@@ -54,13 +54,7 @@ def build_path(estimator: Any) -> FastPath | None:
     for any other. Callers prove it with the library before use (as `compile_for` does)."""
     kind = type(estimator)  # exact types: a subclass may change predict
     builder = _BUILDERS.get((kind.__module__.split(".")[0], kind.__name__))
-    if builder is None:
-        return None
-    try:
-        return builder(estimator)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a model shape we do not read
-        log.info("No lean path for %s: %s", kind.__name__, exc)
-        return None
+    return None if builder is None else built(builder, estimator)
 
 
 def _sklearn(estimator: Any) -> FastPath | None:
@@ -156,16 +150,37 @@ def proven(
 ) -> FastPath | None:
     """`path` if it gives the library's answers on probe rows for every method both offer, else
     None (logged): a lean path is only ever used where it was seen to agree."""
+    try:
+        disagreement = _disagreement(path, library, width, methods)
+    except Exception as exc:  # a library that refuses a probe row proves nothing
+        disagreement = f"the check failed ({type(exc).__name__}: {str(exc)[:200]})"
+    if disagreement is not None:
+        log.warning("Lean path for %s not used: %s; the library answers.", name, disagreement)
+        return None
+    log.info("Lean predict path on for %s (%s).", name, ", ".join(sorted(path.methods)))
+    return path
+
+
+def built(builder: Callable[[Any], FastPath | None], model: Any) -> FastPath | None:
+    """`builder(model)`, or None for a model whose shape the builder does not read (logged)."""
+    try:
+        return builder(model)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        log.info("No lean path for %s: %s: %s", type(model).__name__, type(exc).__name__, exc)
+        return None
+
+
+def _disagreement(
+    path: FastPath, library: Callable[[Array, str], Any], width: int, methods: frozenset[str] | None
+) -> str | None:
     for method in sorted(path.methods & (methods if methods is not None else path.methods)):
         for rows, must_answer in _probe_rows(path, width):
             ours = _in_pieces(path, rows, method)
             if ours is None and not must_answer:
                 continue  # rows this path leaves to the library
             if ours is None or not _same(ours, np.asarray(library(rows, method)), path):
-                log.warning("Lean path for %s disagreed with the library on %s; using the library.", name, method)
-                return None
-    log.info("Lean predict path on for %s (%s).", name, ", ".join(sorted(path.methods)))
-    return path
+                return f"it disagreed with the library on {method}"
+    return None
 
 
 def _in_pieces(path: FastPath, rows: Array, method: str) -> Array | None:
