@@ -181,7 +181,7 @@ def _script_path(settings: Settings) -> Path | None:
 
 
 def _load_script(path: Path, model_dir: Path, settings: Settings) -> Loaded:
-    script = import_script(path)
+    script = import_script(path, isolated=settings.multi_model)
     model_fn = script.hook("model_fn")
     if model_fn is None:
         model = _model_file(model_dir, settings).load_model(settings)
