@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sagehost.models import fast
-from sagehost.models.lean.compose import Hints, Step, compile_chain
+from sagehost.models.lean.compose import Columns, Hints, Step, compile_chain
 from sagehost.models.lean.frame import Column, Kind, Layout, Uncovered, from_values
 from sagehost.models.lean.probe import agrees
 from sagehost.predictor import ColumnKind, ModelSpec
@@ -40,8 +40,13 @@ _LARGEST = float(np.finfo(np.float32).max)
 class LeanPipeline:
     """The pipeline's transforms as compiled steps, then the final estimator's lean path."""
 
-    def __init__(self, layout: Layout, transform: Step, final: fast.FastPath, methods: frozenset[str]) -> None:
+    def __init__(
+        self, layout: Layout, transform: Step, out: Layout, final: fast.FastPath, methods: frozenset[str]
+    ) -> None:
         self.layout = layout
+        self._risky = [i for i, c in enumerate(out) if not c.bounded]
+        self._columns = transform if isinstance(transform, Columns) else None
+        self._width = len(out)
         self._transform = transform
         self._final = final
         self.methods = methods
@@ -70,12 +75,34 @@ class LeanPipeline:
         for i in self._number_at:
             if values[i] in _INFINITIES:
                 return None  # every covered step's validation refuses infinity
-        out = self._transform.row(values)
-        if out is None or not sum(map(abs, out)) <= _LARGEST:  # also False for NaN
+        x = self._sparse_row(self._columns, values) if self._columns is not None else self._dense_row(values)
+        return None if x is None else self._final.predict(x, method)
+
+    def _sparse_row(self, columns: Columns, values: list[Any]) -> np.ndarray[Any, Any] | None:
+        parts = columns.sparse_row(values)
+        if parts is None:
             return None
+        hot, dense = parts
+        x = np.zeros((1, self._width))
+        if hot:
+            x.put(hot, 1.0)
+        for start, numbers in dense:
+            for v in numbers:
+                if not abs(v) <= _LARGEST:  # also False for NaN
+                    return None
+            x[0, start : start + len(numbers)] = numbers
+        return x
+
+    def _dense_row(self, values: list[Any]) -> np.ndarray[Any, Any] | None:
+        out = self._transform.row(values)
+        if out is None:
+            return None
+        for i in self._risky:
+            if not abs(out[i]) <= _LARGEST:  # also False for NaN
+                return None
         x = np.empty((1, len(out)))
         x[0] = out  # cheaper than np.array(list) for a row of a few dozen floats
-        return self._final.predict(x, method)
+        return x
 
 
 def compile_pipeline(estimator: Any, spec: ModelSpec, features: Callable[[Any], Any]) -> LeanPipeline | None:
@@ -119,4 +146,4 @@ def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
         raise Uncovered(f"the final estimator {type(final).__name__}")
     if int(getattr(final, "n_features_in_", len(out))) != len(out):
         raise Uncovered("a final estimator of another width")
-    return LeanPipeline(layout, transform, path, frozenset(path.methods) & spec.methods)
+    return LeanPipeline(layout, transform, out, path, frozenset(path.methods) & spec.methods)

@@ -123,7 +123,7 @@ class Columns:
     def __init__(self, transformer: Any, layout: Layout, hints: Hints) -> None:
         weights = transformer.transformer_weights or {}
         self.parts: list[tuple[Selector, Step, float | None]] = []
-        self.row_parts: list[tuple[Any, Step, float | None]] = []
+        self.row_plan: list[RowPart] = []
         out: list[Any] = []
         for name, step, columns in transformer.transformers_:
             if isinstance(step, str) and step == "drop":
@@ -139,7 +139,7 @@ class Columns:
                 raise Uncovered("a ColumnTransformer part that outputs text")
             weight = weights.get(name)
             self.parts.append((select, run, None if weight is None else float(weight)))
-            self.row_parts.append((_getter(indices), run, None if weight is None else float(weight)))
+            self.row_plan.append(RowPart(_getter(indices), run, None if weight is None else float(weight), len(out)))
             out.extend(part_layout)
         self.layout: Layout = tuple(out)
 
@@ -155,13 +155,50 @@ class Columns:
         return numbers_only(outputs[0] if len(outputs) == 1 else np.hstack(outputs))
 
     def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
-        out: list[Any] = []
-        for cells, run, weight in self.row_parts:
-            result = run.row(cells(values))
+        parts = self.sparse_row(values)
+        if parts is None:
+            return None
+        hot, dense = parts
+        out = [0.0] * len(self.layout)
+        for column in hot:
+            out[column] = 1.0
+        for start, numbers in dense:
+            out[start : start + len(numbers)] = numbers
+        return out
+
+    def sparse_row(self, values: Sequence[Any]) -> tuple[list[int], list[tuple[int, Sequence[Any]]]] | None:
+        """One row's output as the columns one-hot parts set to 1.0, and each other part's numbers
+        with the column they start at: for a wide one-hot output, far fewer values to move."""
+        hot: list[int] = []
+        dense: list[tuple[int, Sequence[Any]]] = []
+        for part in self.row_plan:
+            cells = part.cells(values)
+            if part.hot is not None:
+                if part.before is not None:
+                    cells = part.before.row(cells)
+                    if cells is None:
+                        return None
+                ones = part.hot.ones(cells, part.start)
+                if ones is None:
+                    return None
+                hot.extend(ones)
+                continue
+            result = part.run.row(cells)
             if result is None:
                 return None
-            out.extend(result if weight is None else [v * weight for v in result])
-        return out
+            dense.append((part.start, result if part.weight is None else [v * part.weight for v in result]))
+        return hot, dense
+
+
+class RowPart:
+    """One ColumnTransformer part on the one-row path; a one-hot encoder last (and unweighted)
+    gives its hot columns rather than a row of zeros."""
+
+    def __init__(self, cells: Any, run: Step, weight: float | None, start: int) -> None:
+        self.cells, self.run, self.weight, self.start = cells, run, weight, start
+        last = run.steps[-1] if isinstance(run, Chain) and run.steps else run
+        self.hot = last if isinstance(last, OneHot) and weight is None else None
+        self.before = Chain(run.steps[:-1]) if self.hot is not None and isinstance(run, Chain) else None
 
 
 def _getter(indices: list[int]) -> Any:

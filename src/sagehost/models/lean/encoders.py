@@ -105,7 +105,7 @@ class OneHot:
             self.lookups.append(Lookup(column, categories, codes, self._unknown(encoder, i, int(offsets[i]))))
             if column.source is not None:
                 hints.setdefault(column.source, []).extend(categories.tolist())
-        self.layout: Layout = tuple(Column(Kind.NUMBER, None) for _ in range(self.width))
+        self.layout: Layout = tuple(Column(Kind.NUMBER, None, bounded=True) for _ in range(self.width))
         self.cells = [(lookup.table.get, lookup.unknown, lookup.nan_one) for lookup in self.lookups]
 
     @staticmethod
@@ -147,14 +147,24 @@ class OneHot:
         return numbers_only(out)
 
     def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
+        hot = self.ones(values, 0)
+        if hot is None:
+            return None
         out = [0.0] * self.width
+        for column in hot:
+            out[column] = 1.0
+        return out
+
+    def ones(self, values: Sequence[Any], offset: int) -> list[int] | None:
+        """One row's output as the columns (from `offset`) that hold 1.0; all others hold 0.0."""
+        hot = []
         for (get, unknown, nan_code), value in zip(self.cells, values, strict=True):
             code = get(value, unknown) if value == value else nan_code  # noqa: PLR0124 - NaN
             if code >= 0:
-                out[code] = 1.0
+                hot.append(offset + code)
             elif code == REFUSED:
                 return None
-        return out
+        return hot
 
 
 class Ordinal:

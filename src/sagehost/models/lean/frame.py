@@ -35,6 +35,12 @@ class Kind(Enum):
 class Column:
     kind: Kind
     source: int | None  # the request's column it came from unchanged, for probe rows
+    bounded: bool = False  # always 0.0 or 1.0 (one-hot): never NaN, infinite or huge
+
+
+def unbounded(layout: tuple[Column, ...]) -> tuple[Column, ...]:
+    """The layout of a step that computes new numbers from its input, column for column."""
+    return tuple(Column(c.kind, c.source) for c in layout)
 
 
 Layout = tuple[Column, ...]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sagehost.models.lean.frame import Array, Block, Column, Kind, Layout, Uncovered, is_nan, numbers_only
+from sagehost.models.lean.frame import Array, Block, Column, Kind, Layout, Uncovered, is_nan, numbers_only, unbounded
 
 
 def _numbers(layout: Layout, what: str) -> None:
@@ -25,7 +25,7 @@ class Standard:
         self.shift_by = _listed(self.mean, len(layout), 0.0)
         self.divide_by = _listed(self.scale, len(layout), 1.0)
         _hint_spread(layout, hints, scaler.mean_, scaler.scale_)
-        self.layout = layout
+        self.layout = unbounded(layout)
 
     def __call__(self, block: Block) -> Block | None:
         x = block.numbers
@@ -49,7 +49,7 @@ class MinMax:
         self.pairs = list(zip(self.scale.tolist(), self.min.tolist(), strict=True))
         _hint_spread(layout, hints, scaler.data_min_, scaler.data_range_)
         _hint_spread(layout, hints, scaler.data_max_, scaler.data_range_)
-        self.layout = layout
+        self.layout = unbounded(layout)
 
     def __call__(self, block: Block) -> Block | None:
         x = block.numbers * self.scale
@@ -75,7 +75,7 @@ class Robust:
         self.divide_by = _listed(self.scale, len(layout), 1.0)
         if scaler.center_ is not None and scaler.scale_ is not None:
             _hint_spread(layout, hints, scaler.center_, scaler.scale_)
-        self.layout = layout
+        self.layout = unbounded(layout)
 
     def __call__(self, block: Block) -> Block | None:
         x = block.numbers
