@@ -453,7 +453,10 @@ def ab(url: str, body: str, content_type: str, seconds: int, work: Path) -> tupl
         check=False,
     ).stdout
     rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    # ab also counts as failed an answer whose length differs from the first one's; answers of
+    # probabilities differ in length with their digits, so only connection failures count here.
+    kinds = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: \d+, Exceptions: (\d+)\)", out)
+    failed = sum(int(n) for n in kinds.groups()) if kinds else 0
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx responses:\s+(\d+)", out)) else 0
     p50 = float(re.search(r"\s50%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     p99 = float(re.search(r"\s99%\s+(\d+)", out).group(1))  # type: ignore[union-attr]
