@@ -1,13 +1,17 @@
 """Per-call cost of boosted trees in process: sagehost's model call with the lean tree walk on
 and off, against the library's own predict_proba.
 
-    .venv/bin/python bench/trees_inprocess.py [--repeat 400] [--threads 1]
+    .venv/bin/python bench/trees_inprocess.py [--repeat 400] [--threads 1] [--crossover]
 
 XGBClassifier, LGBMClassifier and HistGradientBoostingClassifier (100 trees/iterations, depth
 6 for XGBoost, 10 numeric features, binary), with a 100-tree random forest for reference; one
 row and a 1000-row batch per call. "lean off" is what sagehost did before the lean walk. No
 HTTP: this isolates what the walk saves. The libraries get `--threads` threads, as a worker
 gets its share of the cores.
+
+--crossover times the walk itself against the library over growing batches and prints where the
+library overtakes, in (rows x trees x depth) steps: the per-family `*_STEPS` constants in
+src/sagehost/models/trees/ come from it (bigger batches go to the library).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 from sklearn.datasets import make_classification
 
+from sagehost.models import fast
 from sagehost.models.estimator import EstimatorModel
 from sagehost.predictor import Rows
 
@@ -47,8 +52,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=400, help="calls per round for one row (1000 rows: /20)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--crossover", action="store_true", help="where the library overtakes the walk")
     args = parser.parse_args()
     x, y = make_classification(n_samples=5000, n_features=10, n_informative=6, random_state=0)
+    if args.crossover:
+        for name, estimator in models(args.threads):
+            crossover(name, estimator.fit(x, y), x, args.repeat)
+        return
     print(f"predict_proba, microseconds per call (best of 5 rounds), library threads = {args.threads}")
     print(f"  {'model':21} {'rows':>5} {'library':>10} {'lean off':>10} {'lean on':>10} {'off / on':>9}")
     for name, estimator in models(args.threads):
@@ -65,6 +75,23 @@ def main() -> None:
             off = best_of(lambda: plain.predict(rows, "predict_proba"), repeat)  # noqa: B023
             on = best_of(lambda: lean.predict(rows, "predict_proba"), repeat)  # noqa: B023
             print(f"  {name:21} {n_rows:5d} {library:10.1f} {off:10.1f} {on:10.1f} {off / on:8.1f}x")
+
+
+def crossover(name: str, estimator: Any, x: np.ndarray[Any, Any], repeat: int) -> None:
+    path: Any = fast.build_path(estimator)
+    path.max_rows = len(x)  # time the walk on every batch size, past its usual cut-off
+    steps = path.trees.n_trees * max(path.trees.depth, 1)
+    line = []
+    for n_rows in (1, 16, 32, 64, 128, 256, 512):
+        rows = x[:n_rows]
+        calls = max(3, repeat // n_rows)
+        library = best_of(lambda: estimator.predict_proba(rows), calls)  # noqa: B023
+        walk = best_of(lambda: path.predict(rows, "predict_proba"), calls)  # noqa: B023
+        line.append(f"{n_rows}: {library:.0f}/{walk:.0f}")
+        if library < walk:
+            line.append(f"-> library faster from ~{n_rows} rows = {n_rows * steps:,} steps")
+            break
+    print(f"  {name:21} ({steps} steps a row) library/walk µs: " + "  ".join(line))
 
 
 if __name__ == "__main__":

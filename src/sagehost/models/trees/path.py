@@ -15,12 +15,11 @@ from sagehost.models.trees.flat import Array, FlatTrees
 FLOAT64_TOLERANCE = (1e-9, 1e-12)
 FLOAT32_TOLERANCE = (1e-5, 1e-6)
 
-# Past some batch size the library's compiled loop beats numpy's array passes (the walk costs
-# per row and tree level; the library's fixed cost per call is what the walk saves). Measured in
-# bench/trees_inprocess.py: boosted libraries overtake the walk near 50,000 (row, tree, level)
-# steps per batch; scikit-learn's forests, which pay for joblib on every call, near 500,000.
-BOOSTED_STEPS = 50_000
-FOREST_STEPS = 500_000
+# Past some batch size the library's compiled loop beats numpy's array passes: the walk costs a
+# few nanoseconds per (row, tree, level) step, the library a fixed cost per call (what the walk
+# saves) plus its own cost per row. Each family's module names the number of steps per batch
+# where its library overtook the walk in bench/trees_inprocess.py --crossover (100 trees, one
+# thread); bigger batches go to the library.
 
 
 class TreePath:
@@ -33,7 +32,7 @@ class TreePath:
         *,
         prepare: Callable[[Array], Array],
         tolerance: tuple[float, float] = FLOAT64_TOLERANCE,
-        max_steps: int = BOOSTED_STEPS,
+        max_steps: int,
     ) -> None:
         self.trees = trees
         self.max_rows = max(1, max_steps // (trees.n_trees * max(trees.depth, 1)))
