@@ -71,7 +71,7 @@ class LeanPipeline:
 
     def _one_row(self, row: Any, method: str) -> np.ndarray[Any, Any] | None:
         """One row in Python floats and a list: a dozen numpy calls cost more than the arithmetic."""
-        values = row.tolist() if isinstance(row, np.ndarray) else list(row)
+        values = row.tolist() if isinstance(row, np.ndarray) else row
         for i in self._number_at:
             if values[i] in _INFINITIES:
                 return None  # every covered step's validation refuses infinity
@@ -83,7 +83,7 @@ class LeanPipeline:
         if parts is None:
             return None
         hot, dense = parts
-        x = np.zeros((1, self._width))
+        x = np.zeros((1, self._width + 1))  # the last column is the spare one of sparse_row
         if hot:
             x.put(hot, 1.0)
         for start, numbers in dense:
@@ -91,7 +91,7 @@ class LeanPipeline:
                 if not abs(v) <= _LARGEST:  # also False for NaN
                     return None
             x[0, start : start + len(numbers)] = numbers
-        return x
+        return x[:, :-1]
 
     def _dense_row(self, values: list[Any]) -> np.ndarray[Any, Any] | None:
         out = self._transform.row(values)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sagehost.models.lean.encoders import OneHot, Ordinal
+from sagehost.models.lean.encoders import REFUSED, OneHot, Ordinal
 from sagehost.models.lean.frame import Block, Kind, Layout, Selector, Uncovered, numbers_only
 from sagehost.models.lean.numeric import Identity, Imputer, MinMax, Robust, Standard
 
@@ -142,6 +142,8 @@ class Columns:
             self.row_plan.append(RowPart(_getter(indices), run, None if weight is None else float(weight), len(out)))
             out.extend(part_layout)
         self.layout: Layout = tuple(out)
+        for part in self.row_plan:
+            part.index_text(spare=len(out))
 
     def __call__(self, block: Block) -> Block | None:
         outputs = []
@@ -159,20 +161,29 @@ class Columns:
         if parts is None:
             return None
         hot, dense = parts
-        out = [0.0] * len(self.layout)
+        out = [0.0] * (len(self.layout) + 1)
         for column in hot:
             out[column] = 1.0
         for start, numbers in dense:
             out[start : start + len(numbers)] = numbers
-        return out
+        return out[:-1]
 
     def sparse_row(self, values: Sequence[Any]) -> tuple[list[int], list[tuple[int, Sequence[Any]]]] | None:
         """One row's output as the columns one-hot parts set to 1.0, and each other part's numbers
-        with the column they start at: for a wide one-hot output, far fewer values to move."""
+        with the column they start at: for a wide one-hot output, far fewer values to move. The
+        columns may name a spare one, just past the output, which the caller drops."""
         hot: list[int] = []
         dense: list[tuple[int, Sequence[Any]]] = []
         for part in self.row_plan:
             cells = part.cells(values)
+            if part.tables is not None and part.before is None:
+                # One C-level pass over the text cells: dict.get(table, value, unknown) per column.
+                # A one-row batch keeps None as None (pandas), so no NaN reaches these dicts.
+                codes = list(map(dict.get, part.tables, cells, part.unknowns))
+                if REFUSED in codes:
+                    return None
+                hot.extend(codes)  # "no column" is the spare column past the output
+                continue
             if part.hot is not None:
                 if part.before is not None:
                     cells = part.before.row(cells)
@@ -199,6 +210,13 @@ class RowPart:
         last = run.steps[-1] if isinstance(run, Chain) and run.steps else run
         self.hot = last if isinstance(last, OneHot) and weight is None else None
         self.before = Chain(run.steps[:-1]) if self.hot is not None and isinstance(run, Chain) else None
+        self.tables: list[dict[Any, int]] | None = None
+        self.unknowns: list[int] = []
+
+    def index_text(self, spare: int) -> None:
+        text = self.hot.text_tables(self.start, spare) if self.hot is not None else None
+        if text is not None:
+            self.tables, self.unknowns = text
 
 
 def _getter(indices: list[int]) -> Any:

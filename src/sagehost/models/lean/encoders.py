@@ -155,6 +155,19 @@ class OneHot:
             out[column] = 1.0
         return out
 
+    def text_tables(self, offset: int, spare: int) -> tuple[list[dict[Any, int]], list[int]] | None:
+        """For text columns only: per column, value -> output column counted from `offset` (`spare`,
+        a column past the output, for none; REFUSED for an error), and the code of an unknown
+        value; None if a column holds numbers."""
+        if any(kind is not Kind.TEXT for kind, _ in self.places):
+            return None
+
+        def shifted(code: int) -> int:
+            return code + offset if code >= 0 else spare if code == NO_COLUMN else code
+
+        tables = [{value: shifted(code) for value, code in lookup.table.items()} for lookup in self.lookups]
+        return tables, [shifted(lookup.unknown) for lookup in self.lookups]
+
     def ones(self, values: Sequence[Any], offset: int) -> list[int] | None:
         """One row's output as the columns (from `offset`) that hold 1.0; all others hold 0.0."""
         hot = []
