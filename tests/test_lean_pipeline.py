@@ -290,7 +290,9 @@ def test_a_regression_pipeline_by_column_selector() -> None:
             ("numbers", StandardScaler(), make_column_selector(dtype_include=np.number)),
         ],
         RandomForestRegressor(n_estimators=10, random_state=0),
+        sparse_threshold=1.0,  # a sparse matrix reaches the forest; the lean path's is dense
     ).fit(frame[columns].astype({c: object for c in TEXT}), frame["amount"])
+    assert pipeline[0].sparse_output_
     check_parity(pipeline, frame, columns)
 
 
@@ -446,7 +448,72 @@ async def test_concurrent_single_records_batched_through_the_app(tmp_path: Path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected = library.predict(conformed([record], library.spec), "predict_proba")[0]
-        answer = response.json()
-        got = list(answer.values()) if isinstance(answer, dict) else answer
-        np.testing.assert_allclose(np.ravel(got), expected, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(probabilities(response.json()), expected, rtol=1e-9, atol=1e-12)
     assert declined == 0
+
+
+def strict_model_dir(tmp_path: Path) -> tuple[Path, Pipeline, pd.DataFrame]:
+    pipeline, frame = fraud_like(OneHotEncoder(handle_unknown="error"))
+    model_dir = tmp_path / "strict"
+    model_dir.mkdir()
+    joblib.dump(pipeline, model_dir / "model.joblib")
+    return model_dir, pipeline, frame
+
+
+async def responses(settings: Settings, requests: list[tuple[bytes, str]]) -> list[tuple[int, Any]]:
+    from tests.test_app import serving
+
+    loaded = load_and_warm(settings)
+
+    async def load() -> Service:
+        return build_service(loaded, settings)
+
+    async with serving(settings, load) as client:
+        answers = []
+        for body, content_type in requests:
+            response = await client.post(
+                "/invocations?method=predict_proba", content=body, headers={"content-type": content_type}
+            )
+            error = response.json().get("error") if response.status_code != 200 else None
+            answers.append(
+                (response.status_code, response.json() if error is None else (error["code"], error["message"]))
+            )
+    return answers
+
+
+@pytest.mark.anyio
+async def test_csv_with_a_header_and_bad_requests_answer_as_the_library_path_does(tmp_path: Path) -> None:
+    model_dir, pipeline, frame = strict_model_dir(tmp_path)
+    record = {c: _plain(frame[c].iloc[0]) for c in TEXT + NUMBERS}
+    header = ["age", "flag", "city", "amount", "colour"]  # not the model's order: the header maps them
+    csv = ",".join(header) + "\n" + "".join(",".join(str(frame[c].iloc[i]) for c in header) + "\n" for i in range(6))
+    requests = [
+        (csv.encode(), "text/csv"),
+        (orjson.dumps(record), "application/json"),
+        (orjson.dumps({**record, "city": "atlantis"}), "application/json"),  # unknown, handle_unknown="error"
+        (orjson.dumps([record, {**record, "city": "atlantis"}]), "application/json"),
+        (orjson.dumps({k: v for k, v in record.items() if k != "age"}), "application/json"),  # a missing field
+        (orjson.dumps({**record, "age": "old"}), "application/json"),  # a wrong type
+        (orjson.dumps({**record, "amount": None}), "application/json"),  # NaN reaching the model
+    ]
+    settings = {
+        lean_on: Settings(model_dir=model_dir, workers=1, scratch_dir=tmp_path / "scratch", fast_path=lean_on)
+        for lean_on in (True, False)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lean_answers = await responses(settings[True], requests)
+        library_answers = await responses(settings[False], requests)
+    assert [status for status, _ in lean_answers] == [200, 200, 500, 500, 400, 400, 500]
+    for (status, ours), (_, theirs) in zip(lean_answers, library_answers, strict=True):
+        if status == 200:
+            np.testing.assert_allclose(probabilities(ours), probabilities(theirs), rtol=1e-9)
+        else:
+            assert ours == theirs
+    expected = pipeline.predict_proba(frame[TEXT + NUMBERS][:6])
+    np.testing.assert_allclose(probabilities(lean_answers[0][1]), expected, rtol=1e-9)
+
+
+def probabilities(answer: Any) -> np.ndarray[Any, Any]:
+    """A JSON answer's numbers: a record's labelled probabilities ({"0": p0, "1": p1}) or rows."""
+    return np.asarray(list(answer.values()) if isinstance(answer, dict) else answer, dtype=float)
