@@ -9,6 +9,7 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, Rando
 from sklearn.linear_model import LogisticRegression
 
 from sagehost.config import Method
+from sagehost.models import fast
 from sagehost.models.estimator import EstimatorModel
 from sagehost.predictor import Rows
 
@@ -62,3 +63,15 @@ def test_logistic_lean_path_matches_library(n_classes: int, numeric_data: Data) 
 def test_lean_path_can_be_turned_off(numeric_data: Data) -> None:
     x, y = numeric_data
     assert not EstimatorModel(LogisticRegression().fit(x, y), "x", fast_path=False).uses_fast_path
+
+
+def test_build_path_gives_unchecked_paths_for_covered_types_only(numeric_data: Data) -> None:
+    x, y = numeric_data
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y)
+    path = fast.build_path(forest)
+    assert path is not None and path.methods == {"predict", "predict_proba"}
+    answer = path.predict(x[:3], "predict_proba")
+    assert answer is not None and np.array_equal(answer, forest.predict_proba(x[:3]))
+    tuned = type("Tuned", (RandomForestClassifier,), {})  # a subclass may change predict: not covered
+    assert fast.build_path(tuned(n_estimators=5).fit(x, y)) is None
+    assert fast.build_path(make_regression) is None

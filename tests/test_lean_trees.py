@@ -243,12 +243,21 @@ def test_pickled_wrappers_load_onto_the_walk(kind: Any, data: tuple[Array, Array
     close(served.predict(Rows(x[:30]), "predict_proba"), model.predict_proba(x[:30]), XGB_TOLERANCE)
 
 
-def test_a_pickled_native_booster_is_served_by_the_walk(data: tuple[Array, Array], tmp_path: Path) -> None:
+@pytest.mark.parametrize("library", ["xgboost", "lightgbm"])
+def test_a_pickled_native_booster_is_served_by_the_walk(
+    library: str, data: tuple[Array, Array], tmp_path: Path
+) -> None:
     x, y = data
-    booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, y % 2), 10)
+    if library == "xgboost":
+        booster: Any = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, y % 2), 10)
+        expected = booster.inplace_predict(x[:30])
+    else:
+        booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(x, y % 2), 10)
+        expected = booster.predict(x[:30])
     joblib.dump(booster, tmp_path / "model.pkl")
     served = sklearn_format.load(tmp_path / "model.pkl", Settings(model_dir=tmp_path))
     assert isinstance(served, boosters.BoosterModel) and served.uses_fast_path
+    close(served.predict(Rows(x[:30]), "predict"), expected, XGB_TOLERANCE)
 
 
 # ---- where the library answers ------------------------------------------------------------------
@@ -340,16 +349,30 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def xgboost_pickle(x: Array, y: Array, model_dir: Path) -> Callable[[Array], Array]:
+    model = xgb.XGBClassifier(n_estimators=30, max_depth=5, n_jobs=1).fit(x, y)
+    joblib.dump(model, model_dir / "model.joblib")
+    return lambda rows: np.asarray(model.predict_proba(rows))
+
+
+def lightgbm_text(x: Array, y: Array, model_dir: Path) -> Callable[[Array], Array]:
+    booster = lgb.train({"objective": "multiclass", "num_class": 3, "verbose": -1}, lgb.Dataset(x, y), 20)
+    booster.save_model(model_dir / "model.txt")
+    return lambda rows: np.asarray(booster.predict(rows))
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("save", [xgboost_pickle, lightgbm_text])
 async def test_concurrent_requests_are_batched_and_answered_as_the_library(
-    data: tuple[Array, Array], tmp_path: Path
+    save: Callable[[Array, Array, Path], Callable[[Array], Array]], data: tuple[Array, Array], tmp_path: Path
 ) -> None:
     x, y = data
-    model = xgb.XGBClassifier(n_estimators=30, max_depth=5, n_jobs=1).fit(x, y)
-    joblib.dump(model, tmp_path / "model.joblib")
-    settings = Settings(model_dir=tmp_path, workers=1, scratch_dir=tmp_path / "scratch")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    library = save(x, y, model_dir)
+    settings = Settings(model_dir=model_dir, workers=1, scratch_dir=tmp_path / "scratch")
     loaded = load_and_warm(settings)
-    assert isinstance(loaded, EstimatorModel) and loaded.uses_fast_path
+    assert getattr(loaded, "uses_fast_path", False)
     rows = np.nan_to_num(np.round(x[:48], 6))  # JSON has no NaN; the walk's NaN is tested above
     rows[3, 2] = 1e30
     rows[5, 0] = 0.0
@@ -363,7 +386,7 @@ async def test_concurrent_requests_are_batched_and_answered_as_the_library(
             *(client.post(f"/invocations?method={method}", json=row.tolist()) for row in rows)
         )
     got = np.asarray([a.json()[0] for a in answers])
-    close(got, model.predict_proba(rows), XGB_TOLERANCE)
+    close(got, library(rows), XGB_TOLERANCE)
 
 
 def test_a_library_that_refuses_the_probe_rows_keeps_the_model(

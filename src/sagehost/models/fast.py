@@ -1,13 +1,15 @@
-"""Lean predict paths for the models where scikit-learn's per-call overhead dominates.
+"""Lean predict paths for the models where the library's per-call overhead dominates.
 
-A 100-tree forest spends most of a small call dispatching one task per tree through joblib;
-walking every tree at once with numpy (one gather per tree level) gives the same answers for a
-fraction of the cost. Logistic regression spends most of a one-row call validating its input.
+A 100-tree forest spends most of a small call dispatching one task per tree through joblib, and
+XGBoost, LightGBM and HistGradientBoosting spend most of theirs on validation, threads and
+set-up; walking every tree at once with numpy (one gather per tree level, models/trees/) gives
+the same answers for a fraction of the cost. Logistic regression spends most of a one-row call
+validating its input.
 
-Each path reproduces the library's arithmetic (float32 inputs compared against float64
-thresholds, trees summed in order; scores as `X @ coef.T + intercept`) and proves itself
-against the library on synthetic rows when the model loads: any disagreement and the model
-is served by the library alone.
+Each path reproduces the library's arithmetic (its input rounding, its comparisons, trees summed
+in its order and dtype, its link; scores as `X @ coef.T + intercept`) and proves itself against
+the library on probe rows when the model loads (`proven`): any disagreement and the model is
+served by the library alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ Array = np.ndarray[Any, Any]
 
 
 class FastPath(Protocol):
+    """A lean path. Optional attributes read by `proven`: `tolerance` (rtol, atol) for float
+    answers (default 1e-9, 1e-12), `max_rows` (the biggest batch it answers itself)."""
+
     methods: frozenset[str]
 
     def predict(self, x: np.ndarray[Any, Any], method: str) -> np.ndarray[Any, Any] | None:
@@ -53,7 +58,7 @@ def build_path(estimator: Any) -> FastPath | None:
     """The lean path for a fitted estimator of a type we cover (exact types), unchecked; None
     for any other. Callers prove it with the library before use (as `compile_for` does)."""
     kind = type(estimator)  # exact types: a subclass may change predict
-    builder = _BUILDERS.get((kind.__module__.split(".")[0], kind.__name__))
+    builder = _BUILDERS.get(kind.__module__.split(".")[0])
     return None if builder is None else built(builder, estimator)
 
 
@@ -88,26 +93,6 @@ def _lightgbm(estimator: Any) -> FastPath | None:
     return None
 
 
-_BUILDERS: dict[tuple[str, str], Callable[[Any], FastPath | None]] = {
-    **{
-        ("sklearn", name): _sklearn
-        for name in (
-            "RandomForestClassifier",
-            "ExtraTreesClassifier",
-            "RandomForestRegressor",
-            "ExtraTreesRegressor",
-            "HistGradientBoostingClassifier",
-            "HistGradientBoostingRegressor",
-            "LogisticRegression",
-        )
-    },
-    ("xgboost", "XGBClassifier"): _xgboost,
-    ("xgboost", "XGBRegressor"): _xgboost,
-    ("lightgbm", "LGBMClassifier"): _lightgbm,
-    ("lightgbm", "LGBMRegressor"): _lightgbm,
-}
-
-
 class Logistic:
     """Logistic regression as the library computes it, minus per-call input validation."""
 
@@ -139,6 +124,13 @@ class Logistic:
             return binary
         proba: np.ndarray[Any, Any] = self._softmax(scores, copy=False)
         return proba
+
+
+_BUILDERS: dict[str, Callable[[Any], FastPath | None]] = {
+    "sklearn": _sklearn,
+    "xgboost": _xgboost,
+    "lightgbm": _lightgbm,
+}
 
 
 def proven(
