@@ -296,6 +296,27 @@ def test_a_regression_pipeline_by_column_selector() -> None:
     check_parity(pipeline, frame, columns)
 
 
+@pytest.mark.parametrize(
+    ("steps", "columns"),
+    [
+        ([OneHotEncoder(handle_unknown="ignore"), LogisticRegression(max_iter=1000)], TEXT),
+        (
+            [
+                OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2),
+                ExtraTreesClassifier(5),
+            ],
+            TEXT,
+        ),
+        ([SimpleImputer(), MinMaxScaler(), StandardScaler(), LogisticRegression(max_iter=1000)], NUMBERS),
+    ],
+    ids=["one-hot", "ordinal", "numbers-by-name"],
+)
+def test_a_pipeline_without_a_column_transformer(steps: list[Any], columns: list[str]) -> None:
+    frame, y = training_frame(missing=True)
+    pipeline = make_pipeline(*steps).fit(frame[columns], y)
+    check_parity(pipeline, frame, columns)
+
+
 # ---- what the library must answer: declines and errors -----------------------------------------
 
 
@@ -324,15 +345,19 @@ def test_an_unknown_category_under_handle_unknown_error_raises_the_librarys_erro
         assert model.declined == before + 1
 
 
-def test_a_missing_number_reaching_logistic_regression_is_the_librarys_to_refuse() -> None:
+def test_a_missing_number_reaching_logistic_regression_is_the_librarys_to_refuse(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     pipeline, frame = fraud_like()
     model = EstimatorModel(pipeline, "no imputer")
     record = {c: _plain(frame[c].iloc[0]) for c in TEXT + NUMBERS}
-    for batch in ([{**record, "amount": None}], [record, {**record, "age": None}]):
-        before = model.declined
-        with pytest.raises(ValueError, match="NaN"):
-            model.predict(conformed(batch, model.spec), "predict")
-        assert model.declined == before + 1
+    with caplog.at_level(logging.INFO, logger="sagehost.models"):
+        for batch in ([{**record, "amount": None}], [record, {**record, "age": None}]):
+            before = model.declined
+            with pytest.raises(ValueError, match="NaN"):
+                model.predict(conformed(batch, model.spec), "predict")
+            assert model.declined == before + 1
+    assert caplog.text.count("The lean path left a batch") == 1  # once at INFO, then DEBUG
 
 
 def test_a_method_the_lean_path_lacks_is_left_to_the_library() -> None:

@@ -71,7 +71,9 @@ class EstimatorModel:
             return None
         if answer is None:
             self._declined += 1
-            log.debug("The lean path declined a batch of %d rows (%s); scikit-learn answers it.", len(values), method)
+            # Once at INFO, so a log shows the library took over; then DEBUG, so logs stay small.
+            level = logging.INFO if self._declined == 1 else logging.DEBUG
+            log.log(level, "The lean path left a batch of %d row(s) (%s) to scikit-learn.", len(values), method)
         return answer
 
     def features(self, rows: Rows) -> Any:
