@@ -278,6 +278,26 @@ def test_xgboost_categorical_splits_are_left_to_the_library(tmp_path: Path) -> N
     np.testing.assert_array_equal(served.predict(Rows(codes), "predict"), booster.inplace_predict(codes))
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"booster": "dart", "objective": "binary:logistic"},
+        {"booster": "gblinear", "objective": "binary:logistic"},  # which inplace_predict refuses
+        {"objective": "multi:softprob", "num_class": 3, "multi_strategy": "multi_output_tree"},
+        {"objective": "survival:cox"},
+    ],
+)
+def test_xgboost_models_the_walk_does_not_read_are_left_to_the_library(
+    params: dict[str, Any], data: tuple[Array, Array]
+) -> None:
+    x, y = data
+    labels = y if params.get("num_class") else y % 2 + (params["objective"] == "survival:cox")
+    booster = xgb.train(params, xgb.DMatrix(x, labels), 6)
+    served = boosters.xgboost(booster, "fallback", threads=1)
+    assert not served.uses_fast_path
+    close(served.predict(Rows(x[:20]), "predict"), booster.predict(xgb.DMatrix(x[:20])), XGB_TOLERANCE)
+
+
 def test_lightgbm_categorical_and_linear_trees_are_left_to_the_library(data: tuple[Array, Array]) -> None:
     x, y = data
     x = np.nan_to_num(x)

@@ -40,12 +40,17 @@ def adopt(obj: Any, description: str, threads: int) -> Model | None:
 
 def xgboost(booster: Any, description: str, threads: int) -> BoosterModel:
     booster.set_param({"nthread": threads})
-    objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
+    learner = json.loads(booster.save_config())["learner"]
+    objective = learner["objective"]["name"]
     n_features = booster.num_features()
     names = tuple(booster.feature_names) if booster.feature_names else None
 
+    from xgboost import DMatrix  # loaded already: this is its Booster
+
+    inplace = learner["gradient_booster"]["name"] != "gblinear"  # inplace_predict refuses linear ones
+
     def library(x: Array) -> Array:
-        out: Array = booster.inplace_predict(x)
+        out: Array = booster.inplace_predict(x) if inplace else booster.predict(DMatrix(x))
         return out
 
     predict = _lean_or(library, fast.built(xgb.booster_path, booster), n_features, "XGBoost Booster")
