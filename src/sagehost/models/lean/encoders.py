@@ -10,6 +10,7 @@ model loads: category -> output column (one-hot) or code (ordinal).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -57,8 +58,8 @@ class Lookup:
         return self.table.get(value, self.unknown) if value == value else self.nan_one  # noqa: PLR0124
 
     def text(self, values: Sequence[Any]) -> list[Any]:
-        get, unknown = self.table.get, self.unknown
-        return [get(v, unknown) for v in values]
+        """Codes for a text column: its only NaN is the NAN object (frame, Imputer), found by identity."""
+        return list(map(self.table.get, values, repeat(self.unknown)))
 
     def numbers(self, x: Array) -> Array:
         if not len(self.sorted):
@@ -130,20 +131,14 @@ class OneHot:
 
     def __call__(self, block: Block) -> Block | None:
         n = block.rows
-        width = self.width
-        flat: list[int] = []
-        for lookup, (kind, p) in zip(self.lookups, self.places, strict=True):
-            if kind is Kind.TEXT:
-                codes: Sequence[Any] = lookup.text(block.texts[p])
-            else:
-                codes = lookup.numbers(block.numbers[:, p]).astype(np.intp).tolist()
-            for row, code in enumerate(codes):
-                if code >= 0:
-                    flat.append(row * width + code)
-                elif code == REFUSED:
-                    return None
-        out = np.zeros((n, width))
-        out.put(flat, 1.0)
+        codes = np.empty((len(self.lookups), n), dtype=np.intp)
+        for j, (lookup, (kind, p)) in enumerate(zip(self.lookups, self.places, strict=True)):
+            codes[j] = lookup.text(block.texts[p]) if kind is Kind.TEXT else lookup.numbers(block.numbers[:, p])
+        if (codes == REFUSED).any():
+            return None
+        hit = codes >= 0
+        out = np.zeros((n, self.width))
+        out[np.broadcast_to(np.arange(n), codes.shape)[hit], codes[hit]] = 1.0
         return numbers_only(out)
 
     def row(self, values: Sequence[Any]) -> Sequence[Any] | None:

@@ -100,20 +100,19 @@ def from_values(values: Any, layout: Layout) -> Block | None:
         numbers = values
         texts: list[Sequence[Any]] = []
     else:
-        number_at = [i for i, c in enumerate(layout) if c.kind is Kind.NUMBER]
-        text_at = [i for i, c in enumerate(layout) if c.kind is Kind.TEXT]
+        columns = list(zip(*values, strict=True))  # one transpose, in C
         try:
-            numbers = np.array([[row[i] for i in number_at] for row in values], dtype=np.float64)
+            numbers = np.array([columns[i] for i, c in enumerate(layout) if c.kind is Kind.NUMBER], dtype=np.float64)
         except (TypeError, ValueError):
             return None
-        numbers = numbers.reshape(len(values), len(number_at))
-        texts = [_as_pandas_does([row[i] for row in values]) for i in text_at]
+        numbers = numbers.reshape(-1, len(values)).T
+        texts = [_as_pandas_does(columns[i]) for i, c in enumerate(layout) if c.kind is Kind.TEXT]
     if np.isinf(numbers).any():
         return None
     return Block(numbers, texts)
 
 
-def _as_pandas_does(column: list[Any]) -> list[Any]:
+def _as_pandas_does(column: Sequence[Any]) -> Sequence[Any]:
     """A text column as the DataFrame path hands it to scikit-learn: pandas makes a column with any
     string a string column, where None becomes NaN; a column of None alone stays None."""
     if None not in column:

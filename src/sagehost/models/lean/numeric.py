@@ -9,7 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from sagehost.models.lean.frame import Array, Block, Column, Kind, Layout, Uncovered, is_nan, numbers_only, unbounded
+from sagehost.models.lean.frame import (
+    NAN,
+    Array,
+    Block,
+    Column,
+    Kind,
+    Layout,
+    Uncovered,
+    is_nan,
+    numbers_only,
+    unbounded,
+)
 
 
 def _numbers(layout: Layout, what: str) -> None:
@@ -124,7 +135,8 @@ class Imputer:
             keep = np.array([not is_nan(s) for s in statistics.tolist()], dtype=bool)
         self.keep = None if keep.all() else np.flatnonzero(keep)
         self.fill = statistics[keep] if self.text else statistics[keep].astype(np.float64)
-        self.fill_list = self.fill.tolist()
+        # NaN as the one NAN object in text columns, which the encoders' dicts find by identity.
+        self.fill_list = [NAN if is_nan(f) else f for f in self.fill.tolist()]
         self.keep_list = None if self.keep is None else self.keep.tolist()
         self.layout: Layout = tuple(Column(c.kind, c.source) for c, k in zip(layout, keep, strict=True) if k)
 
@@ -145,7 +157,9 @@ class Imputer:
 
     def _texts(self, block: Block) -> Block | None:
         columns = block.texts if self.keep is None else [block.texts[i] for i in self.keep]
-        filled = [[f if self._missing(v) else v for v in column] for column, f in zip(columns, self.fill, strict=True)]
+        filled = [
+            [f if self._missing(v) else v for v in column] for column, f in zip(columns, self.fill_list, strict=True)
+        ]
         return Block(block.numbers[:, :0], list(filled))
 
     def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
