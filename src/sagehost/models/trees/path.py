@@ -23,7 +23,8 @@ FLOAT32_TOLERANCE = (1e-5, 1e-6)
 
 
 class TreePath:
-    """A FastPath: `outputs` maps each method to the arithmetic on the (rows, groups) sums."""
+    """A FastPath: `outputs` maps each method to the library's arithmetic on the walk's sums,
+    (groups, rows[, classes]); batches over `max_rows` are left to the library."""
 
     def __init__(
         self,
@@ -36,7 +37,6 @@ class TreePath:
     ) -> None:
         self.trees = trees
         self.max_rows = max(1, max_steps // (trees.n_trees * max(trees.depth, 1)))
-        """Bigger batches go to the library, which is faster there."""
         self.methods = frozenset(outputs)
         self.tolerance = tolerance
         self._outputs = dict(outputs)
@@ -63,13 +63,3 @@ def via_float32(x: Array) -> Array:
 def labels(classes: Array, index: Array) -> Array:
     taken: Array = classes.take(index, axis=0)
     return taken
-
-
-def with_errstate(fn: Callable[[Array], Array]) -> Callable[[Array], Array]:
-    """Links whose exp overflows for extreme scores give 0 or 1 as the library does, silently."""
-
-    def quiet(z: Array) -> Array:
-        with np.errstate(over="ignore", under="ignore"):
-            return fn(z)
-
-    return quiet
