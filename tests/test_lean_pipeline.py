@@ -22,7 +22,12 @@ import orjson
 import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer, make_column_selector
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, RandomForestRegressor
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -294,6 +299,18 @@ def test_a_regression_pipeline_by_column_selector() -> None:
     ).fit(frame[columns].astype({c: object for c in TEXT}), frame["amount"])
     assert pipeline[0].sparse_output_
     check_parity(pipeline, frame, columns)
+
+
+def test_a_boosted_final_estimator_from_the_tree_paths() -> None:
+    frame, y = training_frame()
+    pipeline = by_name(
+        [
+            ("text", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), TEXT),
+            ("n", "passthrough", NUMBERS),
+        ],
+        HistGradientBoostingClassifier(max_iter=15, random_state=0),
+    ).fit(frame[TEXT + NUMBERS], y)
+    check_parity(pipeline, frame, TEXT + NUMBERS)
 
 
 @pytest.mark.parametrize(
