@@ -31,6 +31,7 @@ __all__ = ["LeanPipeline", "compile_pipeline"]
 
 _ROW_WIDTH = 512  # wider single rows go the vectorised way: a Python loop per cell would cost more
 _INFINITIES = (math.inf, -math.inf)
+_FEW = 4
 # The final estimators refuse NaN and infinity, and scikit-learn's trees anything beyond float32
 # ("Input X contains infinity or a value too large for dtype('float32')"): such a batch is the
 # library's to answer or refuse.
@@ -51,12 +52,13 @@ class LeanPipeline:
         self._final = final
         self.methods = methods
         self._number_at = [i for i, c in enumerate(layout) if c.kind is Kind.NUMBER]
+        self._by_row = len(layout) <= _ROW_WIDTH
 
     def predict(self, values: Any, method: str) -> np.ndarray[Any, Any] | None:
         """The answer for a batch of conformed rows, or None to let the library answer."""
         if method not in self.methods:
             return None
-        if len(values) == 1 and len(self.layout) <= _ROW_WIDTH:
+        if len(values) == 1 and self._by_row:
             return self._one_row(values[0], method)
         block = from_values(values, self.layout)
         if block is None:
@@ -83,15 +85,19 @@ class LeanPipeline:
         if parts is None:
             return None
         hot, dense = parts
-        x = np.zeros((1, self._width + 1))  # the last column is the spare one of sparse_row
+        x = np.zeros(self._width + 1)  # the last column is the spare one of sparse_row
         if hot:
             x.put(hot, 1.0)
         for start, numbers in dense:
             for v in numbers:
                 if not abs(v) <= _LARGEST:  # also False for NaN
                     return None
-            x[0, start : start + len(numbers)] = numbers
-        return x[:, :-1]
+            if len(numbers) > _FEW:
+                x[start : start + len(numbers)] = numbers
+            else:  # a few scalar stores cost less than converting a list
+                for column, v in enumerate(numbers, start):
+                    x[column] = v
+        return x[None, :-1]
 
     def _dense_row(self, values: list[Any]) -> np.ndarray[Any, Any] | None:
         out = self._transform.row(values)
