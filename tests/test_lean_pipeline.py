@@ -169,6 +169,8 @@ def test_the_fraud_shape_one_hot_and_scaled_into_logistic_regression() -> None:
         OneHotEncoder(handle_unknown="warn", min_frequency=20),
         OneHotEncoder(handle_unknown="error", sparse_output=False),
         OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+        OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, min_frequency=20),
+        OrdinalEncoder(handle_unknown="error", max_categories=3),
     ],
     ids=lambda e: repr(e)[:60],
 )
