@@ -216,8 +216,9 @@ def test_none_as_a_category_of_an_object_column() -> None:
     frame["colour"] = frame["colour"].astype(object)
     frame.loc[frame.index[::7], "colour"] = None
     pipeline = by_name(
-        [("text", OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", "passthrough", NUMBERS)],
+        [("text", OneHotEncoder(handle_unknown="ignore"), TEXT)],
         LogisticRegression(max_iter=3000),
+        remainder="passthrough",
     ).fit(frame[TEXT + NUMBERS], y)
     check_parity(pipeline, frame, TEXT + NUMBERS)
 
