@@ -326,6 +326,15 @@ def test_hist_gradient_boosting_categorical_features_are_left_to_the_library(dat
     assert np.array_equal(served.predict(Rows(x[:20]), "predict_proba"), model.predict_proba(x[:20]))
 
 
+def test_the_walk_can_be_turned_off_for_native_boosters(data: tuple[Array, Array]) -> None:
+    x, y = data
+    booster = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(x, y % 2), 5)
+    assert boosters.lightgbm(booster, "on", threads=1).uses_fast_path
+    assert not boosters.lightgbm(booster, "off", threads=1, fast_path=False).uses_fast_path
+    xgboost_booster = xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, y % 2), 5)
+    assert not boosters.xgboost(xgboost_booster, "off", threads=1, fast_path=False).uses_fast_path
+
+
 def test_a_walk_that_disagrees_with_the_library_is_not_used(
     data: tuple[Array, Array], caplog: pytest.LogCaptureFixture
 ) -> None:

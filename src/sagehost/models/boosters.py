@@ -29,16 +29,16 @@ _LIGHTGBM_BINARY = ("binary", "cross_entropy", "xentropy")
 _LIGHTGBM_MULTICLASS = ("multiclass", "softmax", "multiclassova", "ova")
 
 
-def adopt(obj: Any, description: str, threads: int) -> Model | None:
+def adopt(obj: Any, description: str, threads: int, fast_path: bool = True) -> Model | None:
     """The Model for a native Booster; None for any other object."""
     if _is_booster(obj, "xgboost"):
-        return xgboost(obj, description, threads)
+        return xgboost(obj, description, threads, fast_path)
     if _is_booster(obj, "lightgbm"):
-        return lightgbm(obj, description, threads)
+        return lightgbm(obj, description, threads, fast_path)
     return None
 
 
-def xgboost(booster: Any, description: str, threads: int) -> BoosterModel:
+def xgboost(booster: Any, description: str, threads: int, fast_path: bool = True) -> BoosterModel:
     booster.set_param({"nthread": threads})
     learner = json.loads(booster.save_config())["learner"]
     objective = learner["objective"]["name"]
@@ -53,7 +53,8 @@ def xgboost(booster: Any, description: str, threads: int) -> BoosterModel:
         out: Array = booster.inplace_predict(x) if inplace else booster.predict(DMatrix(x))
         return out
 
-    predict = _lean_or(library, fast.built(xgb.booster_path, booster), n_features, "XGBoost Booster")
+    lean = fast.built(xgb.booster_path, booster) if fast_path else None
+    predict = _lean_or(library, lean, n_features, "XGBoost Booster")
 
     n_classes = None
     if objective in _XGBOOST_BINARY:
@@ -70,7 +71,7 @@ def xgboost(booster: Any, description: str, threads: int) -> BoosterModel:
     )
 
 
-def lightgbm(booster: Any, description: str, threads: int) -> BoosterModel:
+def lightgbm(booster: Any, description: str, threads: int, fast_path: bool = True) -> BoosterModel:
     objective = str(booster.params.get("objective") or booster.dump_model(num_iteration=0)["objective"])
     objective = objective.split(maxsplit=1)[0]
     n_features = booster.num_feature()
@@ -82,7 +83,8 @@ def lightgbm(booster: Any, description: str, threads: int) -> BoosterModel:
         out: Array = booster.predict(x, num_threads=threads)
         return out
 
-    predict = _lean_or(library, fast.built(lgbm.booster_path, booster), n_features, "LightGBM Booster")
+    lean = fast.built(lgbm.booster_path, booster) if fast_path else None
+    predict = _lean_or(library, lean, n_features, "LightGBM Booster")
 
     n_classes = None
     if objective in _LIGHTGBM_BINARY:
