@@ -11,6 +11,8 @@ https://docs.kernel.org/filesystems/proc.html (smaps_rollup)
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,9 +21,14 @@ from pathlib import Path
 import httpx
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tests.conftest import running
 from tests.integration.test_proxy import children_of
@@ -141,3 +148,49 @@ def test_workers_that_load_their_own_model_share_its_libraries(boosted_dir: Path
     one = served_memory(boosted_dir, tmp_path, 1)
     two = served_memory(boosted_dir, tmp_path, 2)
     assert two.anon_mb <= 1.4 * one.anon_mb, (one, two)
+
+
+FIRST_REQUEST = """
+import asyncio, sys
+from pathlib import Path
+from sagehost.config import Settings
+from sagehost.server import build_service, import_worker_modules, load_and_warm
+from sagehost.service import Invocation
+
+settings = Settings(model_dir=Path(sys.argv[1]), default_method="predict_proba", fast_path=False)
+service = build_service(load_and_warm(settings), settings)
+import_worker_modules()
+before = set(sys.modules)
+body = b'{"merchant": "merchant_3", "country": "country_7", "amount": 12.5}'
+reply = asyncio.run(service.invoke(Invocation(body, "application/json", None)))
+assert reply.status == 200, reply
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_warm_up_leaves_the_first_request_nothing_to_import(tmp_path: Path) -> None:
+    """What a worker imports is its own memory. A pipeline of text columns may have no row known
+    to be valid, so the warm-up guesses one (a text it has not seen, a 0); scikit-learn imports
+    its DataFrame machinery (narwhals) on the first transform, which must be the warm-up's, before
+    the fork. On the library's path (no lean path), in a fresh process: this one has imported
+    everything already."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "merchant": [f"merchant_{i}" for i in rng.integers(0, 8, 300)],
+            "country": [f"country_{i}" for i in rng.integers(0, 12, 300)],
+            "amount": rng.lognormal(3, 1, 300),
+        }
+    )
+    columns = ColumnTransformer(
+        [
+            ("text", OneHotEncoder(handle_unknown="ignore"), ["merchant", "country"]),
+            ("numbers", StandardScaler(), ["amount"]),
+        ]
+    )
+    pipeline = Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(frame, rng.integers(0, 2, 300))
+    joblib.dump(pipeline, tmp_path / "model.joblib")
+    run = subprocess.run(
+        [sys.executable, "-c", FIRST_REQUEST, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert run.stdout.split() == []
