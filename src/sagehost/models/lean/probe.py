@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sagehost.models")
 
 _TYPICAL_ROWS = 64
+_SINGLE_EDGES = 120
 _TEXT_EDGES: tuple[Any, ...] = (None, "\u2400 never seen", "", "7")
 _NUMBER_EDGES = (float("nan"), 0.0, -0.0, 1e300, -1e300, 1e-300, 1e15, -7.0)
 
@@ -45,7 +46,7 @@ def agrees(
         (typical, True, every),
         ([*edges, *typical[:8]], False, every),
         *(([row], True, one) for row in typical[:3]),
-        *(([row], False, one) for row in edges),
+        *(([row], False, one) for row in _some(edges, rng)),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "unknown categories ... encoded as all zeros"
@@ -56,6 +57,14 @@ def agrees(
                     log.info("Lean pipeline probe disagreed on %d row(s), %s.", len(rows), method)
                     return False
     return True
+
+
+def _some(rows: list[list[Any]], rng: np.random.Generator) -> list[list[Any]]:
+    """Edge rows to try one at a time: all of them for a model of a few dozen columns, a sample
+    for a wide one (each costs a library call at load; the batch of all edges costs one)."""
+    if len(rows) <= _SINGLE_EDGES:
+        return rows
+    return [rows[i] for i in sorted(rng.choice(len(rows), _SINGLE_EDGES, replace=False))]
 
 
 def _pool(kind: Kind, hinted: list[Any]) -> list[Any]:
