@@ -209,6 +209,23 @@ def test_early_stopping_predicts_with_the_best_iteration(data: tuple[Array, Arra
 # ---- native files and pickles, through sagehost's loaders ---------------------------------------
 
 
+def test_no_fast_path_reaches_native_boosters_from_every_loader(data: tuple[Array, Array], tmp_path: Path) -> None:
+    """`--no-fast-path` turns the walk off for a Booster however it was saved: the library answers."""
+    x, y = data
+    xgb.train({"objective": "binary:logistic"}, xgb.DMatrix(x, y % 2), 5).save_model(tmp_path / "model.json")
+    native = lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(x, y % 2), 5)
+    native.save_model(tmp_path / "model.txt")
+    joblib.dump(native, tmp_path / "model.pkl")
+    off = Settings(model_dir=tmp_path, fast_path=False)
+    served = [
+        xgboost_format.load(tmp_path / "model.json", off),
+        lightgbm_format.load(tmp_path / "model.txt", off),
+        sklearn_format.load(tmp_path / "model.pkl", off),
+    ]
+    for model in served:
+        assert isinstance(model, boosters.BoosterModel) and not model.uses_fast_path
+
+
 @pytest.mark.parametrize("suffix", ["json", "ubj"])
 def test_native_xgboost_files_are_served_by_the_walk(suffix: str, data: tuple[Array, Array], tmp_path: Path) -> None:
     x, y = data

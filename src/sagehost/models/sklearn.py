@@ -74,7 +74,7 @@ def load_pickle(path: Path) -> Any:
 def from_object(obj: Any, description: str, settings: Settings) -> Model:
     """The Model for an unpickled object: native Boosters get their runtime's own path."""
     threads = threads_per_worker(settings.workers)
-    booster = boosters.adopt(obj, description, threads)
+    booster = boosters.adopt(obj, description, threads, fast_path=settings.fast_path)
     if booster is not None:
         return booster
     _limit_threads(obj, threads)

@@ -33,7 +33,7 @@ def load(path: Path, settings: Settings) -> Model:
         booster.load_model(str(path))
     except xgb.core.XGBoostError as exc:
         raise ModelLoadError(f"XGBoost could not load {path.name}: {str(exc).splitlines()[0][:300]}") from None
-    return boosters.xgboost(booster, path.name, threads_per_worker(settings.workers))
+    return boosters.xgboost(booster, path.name, threads_per_worker(settings.workers), fast_path=settings.fast_path)
 
 
 FORMAT = Format(
