@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from sagehost.cli import main
+from sagehost.codecs.decode import csv_chunks, decode
 from sagehost.codecs.encode import encode
 from sagehost.config import Settings
 from sagehost.errors import ConfigError
@@ -31,7 +32,8 @@ from sagehost.local.transform import Resolved, TransformRequest, check, resolve
 from sagehost.local.transform_io import InputFile, LocalOutput, check_apart, check_s3_apart, local_inputs
 from sagehost.local.transform_run import FileReport, Plan, run_files
 from sagehost.models import Loaded
-from sagehost.predictor import Shape
+from sagehost.models.schema import conform, conform_chunks
+from sagehost.predictor import ModelSpec, Shape
 from sagehost.server import build_service, load_and_warm
 from sagehost.service import Service
 from tests.loopback import LoopbackServer
@@ -311,6 +313,36 @@ def test_an_input_filter_that_cannot_apply_fails_its_record() -> None:
     packed = list(batches(found, limit=None, single=False, prepare=keep.model_input))
     assert packed[0].body == b"[1]\n"
     assert packed[-1].numbers == [2] and "no field 'features'" in str(packed[-1].problem)
+
+
+NUMERIC_BODIES = [
+    b"1.5,2\n-3e2,4\n5,6\n7,8\n",  # read by numpy's C reader (codecs/csvrows.py _numbers)
+    b"1.5,2\r\n-3e2,4\r\n\r\n5, 6 \r\n7,8",  # CRLF, a blank line, spaces, no final newline
+    b"a,b\n1,2\n3,4\n5,6\n",  # a header: the first chunk goes cell by cell
+    b"1,2\n3,\n5,nan\nNone,8\n",  # missing values: cell by cell (NaN)
+    b"1,2\x0b3,4\n5,6\n7,8\n",  # a line break str.splitlines knows and numpy does not
+    b"1,2\n3,4\n5,6,7\n8,9\n",  # ragged: refused either way
+]
+
+
+@pytest.mark.parametrize("body", NUMERIC_BODIES)
+def test_a_numeric_batch_body_reads_the_same_by_numpys_reader_as_cell_by_cell(body: bytes) -> None:
+    spec = ModelSpec(methods=frozenset({"predict"}), n_features=2)
+
+    def read(how: Callable[[], Any]) -> Any:
+        try:
+            return how().values
+        except Exception as exc:
+            return type(exc).__name__
+
+    whole = read(lambda: conform(decode(body, "text/csv", width=2), spec))
+    chunked = read(lambda: conform_chunks(csv_chunks(body, width=2, chunk_chars=9), spec))
+    if isinstance(whole, str):
+        assert chunked == whole
+    else:
+        np.testing.assert_array_equal(chunked, whole)
+    if body is NUMERIC_BODIES[0]:  # the plain body took the C reader, not a string a cell
+        assert all(isinstance(table.rows, np.ndarray) for table in csv_chunks(body, width=2, chunk_chars=9))
 
 
 def frame(payload: bytes, flag: int = 0) -> bytes:
