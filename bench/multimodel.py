@@ -1,7 +1,7 @@
 """Many models behind one endpoint: load time, and throughput across 100 models against one.
 
-    .venv/bin/python bench/multimodel.py [--loads 200] [--models 100] [--seconds 10] [--model lr|rf]
-                                         [--skip-mms]
+    .venv/bin/python bench/multimodel.py [--loads 200] [--models 100] [--seconds 10] [--rounds 3]
+                                         [--model lr|rf] [--mms-loads 50] [--skip-mms]
 
 The model: the bench's LogisticRegression (bench/run.py, 10 features; --model rf for the
 100-tree forest), saved once per name in its own directory (model.joblib), as SageMaker
@@ -21,7 +21,9 @@ unpacks each model.tar.gz under /opt/ml/models/<id>/model.
     from its own venv (MMS_VENV, default /work/mmsvenv: python3 -m venv; pip install
     multi-model-server sagemaker-inference scikit-learn joblib), with the minimal handler
     service in bench/mms_handler.py, as SageMaker's multi-model config runs it (one Python
-    worker process per model): the same loads and wrk runs. --skip-mms leaves it out.
+    worker process per model): `--mms-loads` loads (each starts a Python process: seconds),
+    then the same wrk runs over as many of the models as half the free memory holds (each
+    worker process takes ~150 MB). --skip-mms leaves it out.
 
 Every run is bounded in requests and time; every process started is stopped by its PID.
 Needs wrk (scripts/setup --bench).
@@ -305,6 +307,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", choices=("lr", "rf"), default="lr")
+    parser.add_argument("--mms-loads", type=int, default=50, help="MMS starts a Python worker per load: ~3 s each")
     parser.add_argument("--skip-mms", action="store_true")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -382,7 +385,7 @@ def mms_bench(dirs: list[Path], row: str, args: argparse.Namespace, work: Path) 
         print(log.read_text()[-3000:] if log.exists() else "(no log)")
         return None
     try:
-        measure_loads(mms, dirs, args.loads)
+        measure_loads(mms, dirs, args.mms_loads)
         one, many = load_all(mms, dirs, models)
         print(f"  RSS with {models} models loaded: {bench_run.tree_rss_mb(mms.procs):.0f} MB", flush=True)
         found = rounds([one, many], row, args, work)

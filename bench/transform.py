@@ -126,11 +126,12 @@ def sagehost_cli(model_dir: Path, input_dir: Path, output: Path, rows: int, *, s
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False)
     wall = time.perf_counter() - started
     said = done.stdout + done.stderr
-    found = re.search(r"([\d,]+) records in ([\d.]+) s", said)
+    found = re.search(r"([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)", said)
     ready = re.search(r"Ready in ([\d.]+) s", said)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"sagehost local transform failed ({done.returncode}):\n{said[-3000:]}")
-    records, seconds = int(found.group(1).replace(",", "")), float(found.group(2))
+    records, rate = int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
+    seconds = records / rate  # the runner's own rate, unrounded (its seconds are printed to 0.1 s)
     assert records == rows, f"{records} records transformed of {rows}"
     note = f"wall {wall:.1f} s with start-up (ready in {ready.group(1) if ready else '?'} s)"
     label = "sagehost SingleRecord" if single else "sagehost local transform"
