@@ -32,25 +32,46 @@ __all__ = ["LeanPipeline", "compile_pipeline"]
 _ROW_WIDTH = 512  # wider single rows go the vectorised way: a Python loop per cell would cost more
 _INFINITIES = (math.inf, -math.inf)
 _FEW = 4
-# The final estimators refuse NaN and infinity, and scikit-learn's trees anything beyond float32
-# ("Input X contains infinity or a value too large for dtype('float32')"): such a batch is the
-# library's to answer or refuse.
+_FLOAT64_TOLERANCE = (1e-9, 1e-12)  # (rtol, atol) against the library, unless the final path says
+# The final estimators refuse infinity, and scikit-learn's trees anything beyond float32 ("Input X
+# contains infinity or a value too large for dtype('float32')"); the linear ones refuse NaN too.
+# Such a batch is the library's to answer or refuse.
 _LARGEST = float(np.finfo(np.float32).max)
+_TAKE_MISSING_MODULES = frozenset({"xgboost", "lightgbm"})
+_TAKE_MISSING_SKLEARN = frozenset(
+    {
+        "HistGradientBoostingClassifier",
+        "HistGradientBoostingRegressor",
+        "RandomForestClassifier",
+        "RandomForestRegressor",
+        "ExtraTreesClassifier",
+        "ExtraTreesRegressor",
+    }
+)
 
 
 class LeanPipeline:
     """The pipeline's transforms as compiled steps, then the final estimator's lean path."""
 
     def __init__(
-        self, layout: Layout, transform: Step, out: Layout, final: fast.FastPath, methods: frozenset[str]
+        self,
+        layout: Layout,
+        transform: Step,
+        out: Layout,
+        final: fast.FastPath,
+        methods: frozenset[str],
+        *,
+        takes_missing: bool,
     ) -> None:
         self.layout = layout
         self._risky = [i for i, c in enumerate(out) if not c.bounded]
+        self._acceptable = _with_missing if takes_missing else _finite
         self._columns = transform if isinstance(transform, Columns) else None
         self._width = len(out)
         self._transform = transform
         self._final = final
         self.methods = methods
+        self.tolerance: tuple[float, float] = getattr(final, "tolerance", _FLOAT64_TOLERANCE)
         self._number_at = [i for i, c in enumerate(layout) if c.kind is Kind.NUMBER]
         self._by_row = len(layout) <= _ROW_WIDTH
 
@@ -67,7 +88,7 @@ class LeanPipeline:
         if out is None:
             return None
         x = out.numbers
-        if x.size and not np.abs(x).max() <= _LARGEST:  # also False for NaN
+        if x.size and not self._acceptable(np.abs(x).max()):
             return None
         return self._final.predict(x, method)
 
@@ -90,7 +111,7 @@ class LeanPipeline:
             x.put(hot, 1.0)
         for start, numbers in dense:
             for v in numbers:
-                if not abs(v) <= _LARGEST:  # also False for NaN
+                if not self._acceptable(abs(v)):
                     return None
             if len(numbers) > _FEW:
                 x[start : start + len(numbers)] = numbers
@@ -104,7 +125,7 @@ class LeanPipeline:
         if out is None:
             return None
         for i in self._risky:
-            if not abs(out[i]) <= _LARGEST:  # also False for NaN
+            if not self._acceptable(abs(out[i])):
                 return None
         x = np.empty((1, len(out)))
         x[0] = out  # cheaper than np.array(list) for a row of a few dozen floats
@@ -152,4 +173,20 @@ def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
         raise Uncovered(f"the final estimator {type(final).__name__}")
     if int(getattr(final, "n_features_in_", len(out))) != len(out):
         raise Uncovered("a final estimator of another width")
-    return LeanPipeline(layout, transform, out, path, frozenset(path.methods) & spec.methods)
+    methods = frozenset(path.methods) & spec.methods
+    return LeanPipeline(layout, transform, out, path, methods, takes_missing=_takes_missing(final))
+
+
+def _takes_missing(estimator: Any) -> bool:
+    """Estimators whose library predict takes NaN (and whose lean paths follow missing-value
+    directions or decline): NaN may reach their lean path. Any other's library refuses it."""
+    kind = type(estimator)
+    return kind.__module__.split(".")[0] in _TAKE_MISSING_MODULES or kind.__name__ in _TAKE_MISSING_SKLEARN
+
+
+def _finite(magnitude: float) -> bool:
+    return magnitude <= _LARGEST  # False for NaN
+
+
+def _with_missing(magnitude: float) -> bool:
+    return not magnitude > _LARGEST  # True for NaN

@@ -105,5 +105,8 @@ def _same(
     if ours.shape != theirs.shape:
         return False
     if theirs.dtype.kind in "fc":
-        return bool(np.allclose(ours, theirs, rtol=1e-9, atol=1e-12))
+        # The final path's own tolerance: float64 arithmetic against a float32 library (XGBoost,
+        # LightGBM) agrees to float32's last bits, not float64's.
+        rtol, atol = lean.tolerance
+        return bool(np.allclose(ours, theirs, rtol=rtol, atol=atol))
     return bool(np.array_equal(ours, theirs))
