@@ -2,9 +2,13 @@
 
 - The socket is bound first, so SageMaker's connections are accepted at once (it wants them
   within 250 ms) and its pings get a 503 while the model loads, not silence.
-- Where the model allows it, it is loaded once before forking so workers share its pages.
+- Where the model allows it, it is loaded and warmed up once before forking (the warm-up is a
+  request's whole path, so lazy imports and caches happen there), and the heap is frozen, so
+  workers share its pages instead of copying them (measured by PSS: bench/memory.py).
   Runtimes that do not survive a fork (OpenMP pools, a JVM, onnxruntime, torch) load in each
-  worker after the fork instead, while the parent answers 503 until the first worker is ready.
+  worker after the fork instead, while the parent answers 503 until the first worker is ready;
+  for the libraries known to start no thread on import, the parent imports what loading the
+  model imports (learnt in a throwaway child), so the workers still share those.
 - Each worker is sagehost's HTTP server (sagehost.http.server, on uvloop) on the shared socket
   with one model thread.
 - SIGTERM: stop intake, finish in-flight requests, exit 0 inside SageMaker's 30 s window.
@@ -14,8 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
-import importlib
 import logging
 import os
 import signal
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from sagehost import codecs, supervisor
+from sagehost import codecs, prefork, supervisor
 from sagehost.app import App, ServiceFactory
 from sagehost.batching import MicroBatcher
 from sagehost.config import Method, Settings
@@ -36,7 +38,7 @@ from sagehost.errors import ConfigError, ModelLoadError, SagehostError, StartupE
 from sagehost.http.limits import Limits
 from sagehost.http.loading import LoadingResponder
 from sagehost.http.server import ConnectionType, serve_app
-from sagehost.models import Loaded, describe, fork_safe, load
+from sagehost.models import Loaded, fork_safe, load
 from sagehost.models.script import ScriptHandler
 from sagehost.predictor import MODEL_THREAD, ColumnKind, InThread, Model, ModelSpec
 from sagehost.service import Invocation, RowService, ScriptService, Service
@@ -72,112 +74,14 @@ def serve(settings: Settings) -> int:
     except StartupError as exc:
         report_startup_failure(exc)
         return 1
-    if preloaded is None and not loaded_before and _imports_shareable(settings):
+    if preloaded is None and not loaded_before and prefork.imports_learnable(settings):
         with _answering_503(sock):
-            import_shareable(modules_loading_imports(settings))
-    import_worker_modules()
-    freeze_heap()
+            prefork.import_shareable(prefork.modules_loading_imports(lambda: load_and_warm(settings)))
+    prefork.import_worker_modules()
+    prefork.freeze_heap()
     if preloaded is not None and settings.workers == 1:
         return run_worker(sock, settings, preloaded)
     return supervise(sock, settings, preloaded)
-
-
-def freeze_heap() -> None:
-    """Move the loaded model's objects (and every module's) out of the garbage collector's sight.
-
-    Every full collection walks every tracked object: with a large model loaded that held the GIL
-    for 0.4-0.9 s in the middle of requests (issue 14). Frozen before fork, the collector in the
-    workers also no longer writes to the parent's pages, so they stay shared instead of being
-    copied (https://docs.python.org/3/library/gc.html#gc.freeze): a worker that loads its own
-    model collects once it has (`_worker_main`), and without this it copied every page of the
-    modules the parent had imported (measured: 2 workers of an XGBClassifier took 2.06 times the
-    memory of one with the modules imported and not frozen, 1.2 times frozen)."""
-    gc.collect()
-    gc.freeze()
-
-
-def import_worker_modules() -> None:
-    """Import before forking what each worker would import as it starts to serve: imported once
-    here, its modules' pages are shared; imported in each worker, they would be private to each."""
-    import encodings.utf_8_sig  # noqa: F401  # looked up by the first CSV body (codecs/csvrows.py)
-
-    import uvloop  # noqa: F401  # sagehost.http.server.serve_app imports it where a worker calls it
-
-
-# Libraries known to start no thread when imported (their OpenMP pools start on the first
-# parallel call): a parent may import them before forking workers that then use them.
-SHAREABLE_LIBRARIES = frozenset(
-    {
-        "cloudpickle",
-        "dateutil",
-        "joblib",
-        "lightgbm",
-        "narwhals",
-        "numpy",
-        "packaging",
-        "pandas",
-        "pytz",
-        "scipy",
-        "six",
-        "sklearn",
-        "threadpoolctl",
-        "xgboost",
-    }
-)
-
-
-def _imports_shareable(settings: Settings) -> bool:
-    """Whether to learn the model's imports in a throwaway child: not when told not to preload
-    (a script's model_fn runs once per worker, as its author asked), and only for formats whose
-    runtime is among SHAREABLE_LIBRARIES (H2O's JVM, say, would be started for nothing)."""
-    if settings.preload is not None or not settings.model_dir.is_dir():
-        return False
-    try:
-        servable = describe(settings.model_dir, settings)
-    except StartupError:
-        return False  # the workers' load says why
-    return servable.script is None and set(servable.extras) <= SHAREABLE_LIBRARIES
-
-
-def modules_loading_imports(settings: Settings) -> list[str]:
-    """The modules that loading and warming up the model imports, learnt in a throwaway child.
-
-    For a model whose runtime does not survive a fork, which each worker loads for itself: the
-    parent must not load it, but importing the same libraries here lets the workers share them
-    (some 100 MB for scikit-learn, SciPy and pandas) instead of each importing its own copy."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover  (coverage is saved by os._exit in the child)
-        os.close(read_end)
-        code = 1
-        try:
-            logging.disable(logging.CRITICAL)  # the workers say what loading says
-            before = set(sys.modules)
-            load_and_warm(settings)
-            with os.fdopen(write_end, "wb") as out:
-                out.write("\n".join(sorted(set(sys.modules) - before)).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        names = pipe.read().decode().split()
-    os.waitpid(pid, 0)
-    return names
-
-
-def import_shareable(names: list[str]) -> None:
-    """Import the modules of `names` that belong to the standard library or SHAREABLE_LIBRARIES."""
-    before = len(sys.modules)
-    for name in names:
-        top = name.partition(".")[0]
-        if name in sys.modules or not (top in SHAREABLE_LIBRARIES or top in sys.stdlib_module_names):
-            continue
-        with contextlib.suppress(Exception):  # a name only ever set in sys.modules, say
-            importlib.import_module(name)
-    log.debug(
-        "Imported %d modules before forking, of the %d loading the model imports", len(sys.modules) - before, len(names)
-    )
 
 
 def _preload(settings: Settings) -> bool:
@@ -334,7 +238,7 @@ def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | No
                 log.exception("Loading the model failed")
                 report_startup_failure(ModelLoadError(f"Loading the model raised {type(exc).__name__}: {exc}."))
                 return STARTUP_FAILED
-            freeze_heap()
+            prefork.freeze_heap()
         if ready_fd >= 0:  # only the first workers report; a replacement gets -1
             with contextlib.suppress(OSError):
                 os.write(ready_fd, b"r")
@@ -351,7 +255,8 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
     The load runs on the main thread so that the model's memory comes from the main malloc arena.
     Loaded on a thread that then exits, it sat in that thread's arena, which glibc hands to the
     next thread a process starts: each forked worker's model thread then allocated among the
-    model's pages and copied them (measured: 12 MB more per worker for a pipeline)."""
+    model's pages and copied them (measured on issue 17's pipeline: 2 workers took 1.15 times the
+    anonymous memory of one when it was loaded on a thread, 1.12 times on the main thread)."""
     with _answering_503(sock):
         try:
             loaded = load(settings)

@@ -154,7 +154,8 @@ FIRST_REQUEST = """
 import asyncio, sys
 from pathlib import Path
 from sagehost.config import Settings
-from sagehost.server import build_service, import_worker_modules, load_and_warm
+from sagehost.prefork import import_worker_modules
+from sagehost.server import build_service, load_and_warm
 from sagehost.service import Invocation
 
 settings = Settings(model_dir=Path(sys.argv[1]), default_method="predict_proba", fast_path=False)
