@@ -278,6 +278,26 @@ def test_all_numeric_ndarray_by_index_mask_and_slice_nested_and_identity() -> No
         assert_same(model, library, Rows(rows[:1]), method)
 
 
+def test_text_without_column_names_an_object_array_by_index() -> None:
+    """Fitted on an object array: sagehost hands the library one too, where None stays None."""
+    frame, y = training_frame(missing=True)
+    columns = [*TEXT, *NUMBERS, "code"]
+    array = frame[columns].to_numpy(dtype=object)
+    array[:, 5] = [int(v) for v in array[:, 5]]  # Python ints, as an object array holds them
+    pipeline = make_pipeline(
+        ColumnTransformer(
+            [
+                ("text", OneHotEncoder(handle_unknown="ignore"), [0, 1, 2]),
+                ("numbers", make_pipeline(SimpleImputer(), StandardScaler()), [3, 4]),
+                ("code", OneHotEncoder(handle_unknown="ignore"), [5]),
+            ]
+        ),
+        LogisticRegression(max_iter=2000),
+    ).fit(array, y)
+    assert EstimatorModel(pipeline, "x").spec.feature_names is None
+    check_parity(pipeline, frame, columns)
+
+
 def test_an_all_missing_training_column_is_dropped_as_the_library_drops_it() -> None:
     frame, y = training_frame()
     frame["empty"] = np.nan

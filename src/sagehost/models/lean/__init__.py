@@ -62,7 +62,9 @@ class LeanPipeline:
         methods: frozenset[str],
         *,
         takes_missing: bool,
+        pandas_text: bool,
     ) -> None:
+        self._pandas_text = pandas_text
         self.layout = layout
         self._risky = [i for i, c in enumerate(out) if not c.bounded]
         self._acceptable = _with_missing if takes_missing else _finite
@@ -81,7 +83,7 @@ class LeanPipeline:
             return None
         if len(values) == 1 and self._by_row:
             return self._one_row(values[0], method)
-        block = from_values(values, self.layout)
+        block = from_values(values, self.layout, pandas_text=self._pandas_text)
         if block is None:
             return None
         out = self._transform(block)
@@ -162,8 +164,6 @@ def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
         raise Uncovered("a model that does not say how many columns it reads")
     kinds = spec.kinds or (ColumnKind.NUMBER,) * spec.n_features
     layout: Layout = tuple(Column(Kind.TEXT if k is ColumnKind.TEXT else Kind.NUMBER, i) for i, k in enumerate(kinds))
-    if spec.feature_names is None and any(c.kind is Kind.TEXT for c in layout):
-        raise Uncovered("text columns without column names (an object array)")
     *steps, (_, final) = pipeline.steps
     transform, out = compile_chain([s for _, s in steps], layout, hints)
     if any(c.kind is not Kind.NUMBER for c in out):
@@ -174,7 +174,12 @@ def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
     if int(getattr(final, "n_features_in_", len(out))) != len(out):
         raise Uncovered("a final estimator of another width")
     methods = frozenset(path.methods) & spec.methods
-    return LeanPipeline(layout, transform, out, path, methods, takes_missing=_takes_missing(final))
+    # Without column names sagehost hands the library an object array, where None stays None;
+    # with them a DataFrame, where pandas turns None into NaN in a column that holds text.
+    pandas_text = spec.feature_names is not None
+    return LeanPipeline(
+        layout, transform, out, path, methods, takes_missing=_takes_missing(final), pandas_text=pandas_text
+    )
 
 
 def _takes_missing(estimator: Any) -> bool:

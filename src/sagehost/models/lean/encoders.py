@@ -41,9 +41,7 @@ class Lookup:
             self.table = {(NAN if is_nan(c) else c): code for c, code in zip(categories.tolist(), codes, strict=True)}
             self.nan_one = self.table.get(NAN, unknown)
             return
-        if categories.dtype.kind not in "iuf":
-            raise Uncovered("a number column's encoder holds non-numeric categories")
-        values = categories.astype(np.float64)
+        values = _as_numbers(categories)
         nan = np.isnan(values)
         self.sorted = values[~nan]
         self.table = {v: code for v, code, missing in zip(values.tolist(), codes, nan, strict=True) if not missing}
@@ -69,6 +67,21 @@ class Lookup:
             found = np.where(self.sorted[at] == x, at, len(self.sorted))
         codes: Array = self.codes[found]
         return np.where(np.isnan(x), self.nan_code, codes)
+
+
+def _as_numbers(categories: Array) -> Array:
+    """A number column's categories as floats: a numeric array, or an object array of numbers
+    (fitted on an object array), whose items match by equality as floats do."""
+    numeric = categories.dtype.kind in "iuf"
+    if not numeric and categories.dtype.kind == "O":
+        numeric = all(_is_number(c) for c in categories.tolist())
+    if not numeric:
+        raise Uncovered("a number column's encoder holds non-numeric categories")
+    return categories.astype(np.float64)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_dtype(encoder: Any) -> None:

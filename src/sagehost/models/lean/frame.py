@@ -91,9 +91,10 @@ class Selector:
         return Block(numbers, [block.texts[p] for p in self.texts])
 
 
-def from_values(values: Any, layout: Layout) -> Block | None:
+def from_values(values: Any, layout: Layout, *, pandas_text: bool = True) -> Block | None:
     """The request's conformed rows (schema.conform) as a block; None for what the library must
-    judge (infinite numbers, which every covered step's validation refuses)."""
+    judge (infinite numbers, which every covered step's validation refuses). `pandas_text`: the
+    library is handed a DataFrame, so text columns follow pandas' rule for None."""
     if isinstance(values, np.ndarray):
         if any(c.kind is Kind.TEXT for c in layout) or values.ndim != 2 or values.dtype != np.float64:
             return None
@@ -106,7 +107,9 @@ def from_values(values: Any, layout: Layout) -> Block | None:
         except (TypeError, ValueError):
             return None
         numbers = numbers.reshape(-1, len(values)).T
-        texts = [_as_pandas_does(columns[i]) for i, c in enumerate(layout) if c.kind is Kind.TEXT]
+        texts = [columns[i] for i, c in enumerate(layout) if c.kind is Kind.TEXT]
+        if pandas_text:
+            texts = [_as_pandas_does(column) for column in texts]
     if np.isinf(numbers).any():
         return None
     return Block(numbers, texts)
