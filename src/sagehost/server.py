@@ -266,7 +266,7 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
             # the parent drops this copy and each worker loads and warms its own.
         except StartupError:
             raise
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # a model module that exits as it is imported, say
             log.error("Loading the model failed", exc_info=error)
             raise ModelLoadError(
                 f"Loading the model raised {type(error).__name__}: {error}. The traceback is above."
