@@ -150,12 +150,15 @@ def by_name(parts: list[tuple[str, Any, Any]], final: Any, **options: Any) -> Pi
 # ---- parity, step by step and combined -------------------------------------------------------
 
 
-def test_the_fraud_shape_one_hot_and_scaled_into_logistic_regression() -> None:
+@pytest.mark.parametrize("sparse_threshold", [0.0, 1.0])
+def test_the_fraud_shape_one_hot_and_scaled_into_logistic_regression(sparse_threshold: float) -> None:
     frame, y = training_frame()
     pipeline = by_name(
         [("text", OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", StandardScaler(), NUMBERS)],
         LogisticRegression(max_iter=1000),
+        sparse_threshold=sparse_threshold,
     ).fit(frame[TEXT + NUMBERS], y)
+    assert pipeline[0].sparse_output_ == (sparse_threshold == 1.0)  # the library scores a sparse matrix
     check_parity(pipeline, frame, TEXT + NUMBERS)
 
 
