@@ -111,15 +111,17 @@ class LeanPipeline:
         x = np.zeros(self._width + 1)  # the last column is the spare one of sparse_row
         if hot:
             x.put(hot, 1.0)
+        acceptable = self._acceptable
         for start, numbers in dense:
-            for v in numbers:
-                if not self._acceptable(abs(v)):
-                    return None
             if len(numbers) > _FEW:
+                if not all(map(acceptable, map(abs, numbers))):
+                    return None
                 x[start : start + len(numbers)] = numbers
-            else:  # a few scalar stores cost less than converting a list
-                for column, v in enumerate(numbers, start):
-                    x[column] = v
+                continue
+            for column, v in enumerate(numbers, start):  # a few scalar stores cost less than a list's
+                if not acceptable(abs(v)):
+                    return None
+                x[column] = v
         return x[None, :-1]
 
     def _dense_row(self, values: list[Any]) -> np.ndarray[Any, Any] | None:

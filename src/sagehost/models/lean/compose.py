@@ -6,7 +6,7 @@ and the layout of its output. Types are matched exactly: a subclass may change t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -142,8 +142,7 @@ class Columns:
             self.row_plan.append(RowPart(_getter(indices), run, None if weight is None else float(weight), len(out)))
             out.extend(part_layout)
         self.layout: Layout = tuple(out)
-        for part in self.row_plan:
-            part.index_text(spare=len(out))
+        self.emitters = [part.emitter(spare=len(out)) for part in self.row_plan]
 
     def __call__(self, block: Block) -> Block | None:
         outputs = []
@@ -174,31 +173,13 @@ class Columns:
         columns may name a spare one, just past the output, which the caller drops."""
         hot: list[int] = []
         dense: list[tuple[int, Sequence[Any]]] = []
-        for part in self.row_plan:
-            cells = part.cells(values)
-            if part.tables is not None and part.before is None:
-                # One C-level pass over the text cells: dict.get(table, value, unknown) per column.
-                # A one-row batch keeps None as None (pandas), so no NaN reaches these dicts.
-                codes = list(map(dict.get, part.tables, cells, part.unknowns))
-                if REFUSED in codes:
-                    return None
-                hot.extend(codes)  # "no column" is the spare column past the output
-                continue
-            if part.hot is not None:
-                if part.before is not None:
-                    cells = part.before.row(cells)
-                    if cells is None:
-                        return None
-                ones = part.hot.ones(cells, part.start)
-                if ones is None:
-                    return None
-                hot.extend(ones)
-                continue
-            result = part.run.row(cells)
-            if result is None:
+        for emit in self.emitters:
+            if not emit(values, hot, dense):
                 return None
-            dense.append((part.start, result if part.weight is None else [v * part.weight for v in result]))
         return hot, dense
+
+
+Emit = Callable[[Sequence[Any], list[int], list[tuple[int, Sequence[Any]]]], bool]
 
 
 class RowPart:
@@ -210,13 +191,45 @@ class RowPart:
         last = run.steps[-1] if isinstance(run, Chain) and run.steps else run
         self.hot = last if isinstance(last, OneHot) and weight is None else None
         self.before = Chain(run.steps[:-1]) if self.hot is not None and isinstance(run, Chain) else None
-        self.tables: list[dict[Any, int]] | None = None
-        self.unknowns: list[int] = []
 
-    def index_text(self, spare: int) -> None:
-        text = self.hot.text_tables(self.start, spare) if self.hot is not None else None
+    def emitter(self, spare: int) -> Emit:
+        """The part's work on one row, as a closure over what it needs (no attribute lookups per
+        call): it adds to `hot` or `dense` and says whether the row may go on (False: decline)."""
+        cells, start = self.cells, self.start
+        text = self.hot.text_tables(start, spare) if self.hot is not None and self.before is None else None
         if text is not None:
-            self.tables, self.unknowns = text
+            tables, unknowns, get = text[0], text[1], dict.get
+
+            def emit_table(values: Sequence[Any], hot: list[int], dense: list[tuple[int, Sequence[Any]]]) -> bool:
+                # One C-level pass over the text cells: dict.get(table, value, unknown) per column.
+                # A one-row batch keeps None as None (pandas), so no NaN reaches these dicts.
+                codes = list(map(get, tables, cells(values), unknowns))
+                hot += codes  # "no column" is the spare column past the output
+                return REFUSED not in codes
+
+            return emit_table
+        if self.hot is not None:
+            encoder, before = self.hot, self.before
+
+            def emit_hot(values: Sequence[Any], hot: list[int], dense: list[tuple[int, Sequence[Any]]]) -> bool:
+                row = cells(values) if before is None else before.row(cells(values))
+                ones = None if row is None else encoder.ones(row, start)
+                if ones is None:
+                    return False
+                hot += ones
+                return True
+
+            return emit_hot
+        run, weight = self.run.row, self.weight
+
+        def emit_dense(values: Sequence[Any], hot: list[int], dense: list[tuple[int, Sequence[Any]]]) -> bool:
+            result = run(cells(values))
+            if result is None:
+                return False
+            dense.append((start, result if weight is None else [v * weight for v in result]))
+            return True
+
+        return emit_dense
 
 
 def _getter(indices: list[int]) -> Any:
