@@ -7,7 +7,7 @@ loads, then proved against the library on probe rows (known and unknown categori
 extreme numbers; one batch and single rows). Anything not covered, or any disagreement, and the
 library serves the model as before. At run time the lean path declines (returns None) whatever
 the library must judge — an unknown category under handle_unknown="error", infinities, NaN left
-for the final estimator — and the library answers, or raises, exactly as it would have.
+for a final estimator that refuses it — and the library answers, or raises, exactly as it would have.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Pipeline and ColumnTransformer: the covered steps composed, each decided when the model loads.
 
-A step compiles to a function block -> block (or None: "let the library answer this batch")
+A step compiles to an object that maps a block to a block, and one row (a list) to a list — or to
+None: "let the library answer this batch" —
 and the layout of its output. Types are matched exactly: a subclass may change transform.
 """
 
