@@ -1,8 +1,8 @@
 """Pipeline and ColumnTransformer: the covered steps composed, each decided when the model loads.
 
-A step compiles to an object that maps a block to a block, and one row (a list) to a list — or to
-None: "let the library answer this batch" —
-and the layout of its output. Types are matched exactly: a subclass may change transform.
+A step compiles to an object that maps a block to a block and one row (a list) to a list, or to
+None ("let the library answer this batch"), plus the layout of its output. Types are matched
+exactly: a subclass may change transform.
 """
 
 from __future__ import annotations
