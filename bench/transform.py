@@ -1,15 +1,16 @@
 """Batch Transform, locally: rows/s of `sagehost local transform --no-container` on a big CSV.
 
     .venv/bin/python bench/transform.py [--rows 1000000] [--classic-rows 50000] [--models lr,rf]
-                                        [--workers N] [--single-rows 5000] [--skip-classic]
+                                        [--single-rows 5000] [--skip-classic]
 
 One CSV of `--rows` rows of 10 numeric features (about 95 MB, written once into a temp dir),
 and the bench's two models (bench/run.py: a LogisticRegression and a 100-tree
 RandomForestClassifier, trained on 5,000 rows). For each model, three measures:
 
 - in process, the physical limit: the CSV read with pandas (its C parser), then the library's
-  `predict` on the whole array, in one process on one core. Printed with the parse (the fair
-  comparison: sagehost parses the CSV too) and without it.
+  `predict` on the whole array, in one process on one core, best of three. Printed with the
+  parse (the fair comparison: sagehost parses the CSV too) and without it. sagehost's `predict`
+  answers (labels) are what it answers by default, so the in-process call is `predict` too.
 - sagehost: `sagehost local transform --no-container` with SageMaker-realistic settings
   (--split-type Line --strategy MultiRecord --max-payload-mb 6 --concurrency WORKERS
   --assemble-with Line), its workers = cores; the rate is the runner's own (first request to
@@ -39,9 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import joblib
 import numpy as np
@@ -56,6 +58,7 @@ from sagehost.local.transform_io import LocalOutput, local_inputs  # noqa: E402
 from sagehost.local.transform_run import Plan, run_files  # noqa: E402
 
 WORKERS = os.cpu_count() or 1
+T = TypeVar("T")
 FEATURES = 10
 CLI_TIMEOUT_S = 1200
 CLASSIC_PAYLOAD_MB = 5  # the recipe's nginx: client_max_body_size 5m
@@ -95,18 +98,29 @@ def head(source: Path, target: Path, rows: int) -> None:
 
 
 def in_process(model_dir: Path, data: Path, rows: int) -> tuple[Rate, Rate, np.ndarray[Any, Any]]:
+    """Best of three (a model call of over 2 s: once): the limit, as little disturbed as it gets."""
     model = joblib.load(model_dir / "model.joblib")
-    started = time.perf_counter()
-    x = pd.read_csv(data, header=None, dtype=np.float64).to_numpy()
-    parsed = time.perf_counter()
-    predictions = model.predict(x)
-    done = time.perf_counter()
+    parse, x = best(lambda: pd.read_csv(data, header=None, dtype=np.float64).to_numpy(), 3)
+    call, predictions = best(lambda: model.predict(x), 1)
+    if call < 2:
+        again, predictions = best(lambda: model.predict(x), 2)
+        call = min(call, again)
     assert len(predictions) == rows
     return (
-        Rate("in process, with CSV parse", rows, done - started, f"parse {parsed - started:.2f} s"),
-        Rate("in process, model call only", rows, done - parsed),
+        Rate("in process, with CSV parse", rows, parse + call, f"parse {parse:.2f} s, best of 3"),
+        Rate("in process, model call only", rows, call),
         predictions,
     )
+
+
+def best(work: Callable[[], T], times: int) -> tuple[float, T]:
+    """The shortest of `times` runs, in seconds, and what the last returned."""
+    shortest = float("inf")
+    for _ in range(times):
+        started = time.perf_counter()
+        result = work()
+        shortest = min(shortest, time.perf_counter() - started)
+    return shortest, result
 
 
 # ---- sagehost local transform ----------------------------------------------------------------
