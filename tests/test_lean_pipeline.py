@@ -228,6 +228,26 @@ def test_none_as_a_category_of_an_object_column() -> None:
     check_parity(pipeline, frame, TEXT + NUMBERS)
 
 
+def test_a_big_payload_in_chunks_keeps_the_whole_batchs_rule_for_none() -> None:
+    """5,200 rows go through 2,048 at a time; the first chunk's colours are all None, which in
+    the whole batch (as pandas sees it) are NaN, a category this encoder learnt."""
+    frame, y = training_frame(missing=True)
+    numbers = make_pipeline(SimpleImputer(), StandardScaler())
+    pipeline = by_name(
+        [("text", OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", numbers, NUMBERS)],
+        LogisticRegression(max_iter=1000),
+    ).fit(frame[TEXT + NUMBERS], y)
+    model = EstimatorModel(pipeline, "big")
+    library = EstimatorModel(pipeline, "big", fast_path=False)
+    records = records_for(frame, TEXT + NUMBERS)[:40] * 130
+    records = [{**r, "colour": None} if i < 2100 else r for i, r in enumerate(records)]
+    rows = conformed(records, model.spec)
+    assert_same(model, library, rows, "predict_proba")
+    assert model.declined == 0
+    alone = model.predict(conformed(records[:1], model.spec), "predict_proba")  # None alone stays None
+    assert not np.allclose(alone, model.predict(rows, "predict_proba")[:1])
+
+
 def test_numbers_one_hot_encoded_with_remainder_passthrough_and_weights() -> None:
     frame, y = training_frame(missing=True)
     frame["code"] = frame["code"].astype(float)

@@ -21,7 +21,7 @@ import numpy as np
 
 from sagehost.models import fast
 from sagehost.models.lean.compose import Columns, Hints, Step, compile_chain
-from sagehost.models.lean.frame import Column, Kind, Layout, Uncovered, from_values
+from sagehost.models.lean.frame import Block, Column, Kind, Layout, Uncovered, from_values
 from sagehost.models.lean.probe import agrees
 from sagehost.predictor import ColumnKind, ModelSpec
 
@@ -32,6 +32,7 @@ __all__ = ["LeanPipeline", "compile_pipeline"]
 _ROW_WIDTH = 512  # wider single rows go the vectorised way: a Python loop per cell would cost more
 _INFINITIES = (math.inf, -math.inf)
 _FEW = 4
+_CHUNK_ROWS = 2048  # bounds the dense (rows x outputs) matrix of a big payload
 _FLOAT64_TOLERANCE = (1e-9, 1e-12)  # (rtol, atol) against the library, unless the final path says
 # The final estimators refuse infinity, and scikit-learn's trees anything beyond float32 ("Input X
 # contains infinity or a value too large for dtype('float32')"); the linear ones refuse NaN too.
@@ -86,6 +87,20 @@ class LeanPipeline:
         block = from_values(values, self.layout, pandas_text=self._pandas_text)
         if block is None:
             return None
+        if block.rows <= _CHUNK_ROWS:
+            return self._batch(block, method)
+        # A big Batch Transform payload: the one-hot matrix is dense here (the library's may be
+        # sparse), so it is made a bounded number of rows at a time. The block is made whole
+        # first: pandas' rule for None looks at the whole batch.
+        parts = []
+        for start in range(0, block.rows, _CHUNK_ROWS):
+            part = self._batch(block.rows_between(start, start + _CHUNK_ROWS), method)
+            if part is None:
+                return None
+            parts.append(part)
+        return np.concatenate(parts)
+
+    def _batch(self, block: Block, method: str) -> np.ndarray[Any, Any] | None:
         out = self._transform(block)
         if out is None:
             return None

@@ -55,6 +55,9 @@ class Block:
     def rows(self) -> int:
         return int(self.numbers.shape[0])
 
+    def rows_between(self, start: int, stop: int) -> Block:
+        return Block(self.numbers[start:stop], [column[start:stop] for column in self.texts])
+
 
 def numbers_only(x: Array) -> Block:
     return Block(x, [])
