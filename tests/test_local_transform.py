@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import http.server
 import io
 import re
+import socket
 import struct
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from sagehost.local import jsonpath
 from sagehost.local.processing import Processing, split_answer
 from sagehost.local.progress import progress
 from sagehost.local.records import RECORDIO_MAGIC, batches, line_batches, records
-from sagehost.local.transform import Resolved, TransformRequest, check, resolve
+from sagehost.local.transform import Resolved, TransformRequest, check, local_transform, resolve
 from sagehost.local.transform_io import InputFile, LocalOutput, check_apart, check_s3_apart, local_inputs
 from sagehost.local.transform_run import FileReport, Plan, run_files
 from sagehost.models import Loaded
@@ -632,3 +635,76 @@ def test_an_output_inside_the_input_is_refused(source: str, target: str, tmp_pat
     with pytest.raises(ConfigError, match="the next run would read these .out files as input"):
         check_s3_apart(source, target)
         check_apart(Path(source), Path(target))
+
+
+# ---- --url: a server already running ---------------------------------------------------------
+
+
+class _Running(http.server.BaseHTTPRequestHandler):
+    """A server someone else started (the classic recipe, say): /ping, and one answer a line."""
+
+    def do_GET(self) -> None:
+        self._answer(200 if self.path == "/ping" else 404, b"")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self._answer(200, b"".join(b"p" + line.split(b",")[0] + b"\n" for line in body.splitlines()))
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/csv")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_url_sends_the_job_to_a_server_already_running(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Running)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "data.csv").write_bytes(b"1,a\n2,b\n\n3,c\n")
+        said: list[str] = []
+        request = TransformRequest(
+            None,
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            url=f"http://127.0.0.1:{server.server_address[1]}/",
+            content_type="text/csv",
+            split_type="Line",
+            assemble_with="Line",
+        )
+        assert local_transform(request, said.append) == 0, said
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "out" / "data.csv.out").read_bytes() == b"p1\np2\np3\n"
+    assert any("answers /ping" in line for line in said)
+
+
+def test_url_with_nothing_answering_says_so_and_fails(tmp_path: Path) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens on it
+    (tmp_path / "data.csv").write_bytes(b"1\n")
+    said: list[str] = []
+    request = TransformRequest(None, str(tmp_path / "data.csv"), str(tmp_path / "out"), url=f"http://127.0.0.1:{port}")
+    assert local_transform(request, said.append) == 1
+    assert "not 200: start the server first" in said[-1]
+    assert not (tmp_path / "out" / "data.csv.out").exists()
+
+
+@pytest.mark.parametrize(
+    ("image", "model_data", "url", "words"),
+    [
+        ("img", None, "http://127.0.0.1:1", "give no IMAGE or --model-data with it"),
+        (None, Path("m"), "http://127.0.0.1:1", "give no IMAGE or --model-data with it"),
+        (None, None, "127.0.0.1:8080", "give the running server's http://HOST:PORT"),
+    ],
+)
+def test_url_refuses_what_it_would_not_use(image: str | None, model_data: Path | None, url: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        check(TransformRequest(image, "in", "out", model_data=model_data, url=url))

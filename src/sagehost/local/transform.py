@@ -27,7 +27,15 @@ from sagehost.errors import ConfigError, StartupError, UpstreamTimeout, Upstream
 from sagehost.http.outbound import send
 from sagehost.image.engine import find_engine
 from sagehost.local import jsonpath, transform_io
-from sagehost.local.launch import HealthCheckFailed, Launched, free_port, launch_container, launch_process, wait_healthy
+from sagehost.local.launch import (
+    HealthCheckFailed,
+    Launched,
+    free_port,
+    launch_container,
+    launch_process,
+    ping,
+    wait_healthy,
+)
 from sagehost.local.modes import STARTUP_DEADLINE_S, Run, sagemaker_run
 from sagehost.local.processing import JSON_TYPES, Processing
 from sagehost.local.progress import progress
@@ -71,6 +79,8 @@ class TransformRequest:
     builder: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = STARTUP_DEADLINE_S
+    url: str | None = None
+    """A server already running (http://HOST:PORT) to send the job to: nothing is started."""
 
 
 # ---- SageMaker's rules, before anything starts -------------------------------------------------
@@ -90,7 +100,12 @@ def check(request: TransformRequest) -> Processing | None:
                 f"--concurrency {request.concurrency} x {payload} MB is over SageMaker's {MAX_PAYLOAD_MB} MB: use "
                 f"--concurrency {MAX_PAYLOAD_MB // payload} or less, or a smaller --max-payload-mb."
             )
-    if request.image is None and request.model_data is None:
+    if request.url is not None:
+        if request.image is not None or request.model_data is not None:
+            raise ConfigError("--url sends the job to a server already running: give no IMAGE or --model-data with it.")
+        if not request.url.startswith("http://"):
+            raise ConfigError(f"--url {request.url[:100]!r}: give the running server's http://HOST:PORT.")
+    elif request.image is None and request.model_data is None:
         raise ConfigError("--no-container needs --model-data (a model.tar.gz or a model directory).")
     return processing(request)
 
@@ -226,21 +241,23 @@ def local_transform(request: TransformRequest, say: Say) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     processing_ = check(request)
     inputs, output = _endpoints(request)
+    if request.url is not None:
+        url = request.url.rstrip("/")
+        return _against_running(request, url, inputs=inputs, output=output, processing_=processing_, say=say)
     run = _batch_run(request)
     with model_folder(request.model_data, say) as model_dir:
         launched = _launch(request, run, model_dir)
         try:
             ready_in = wait_healthy(launched, request.startup_timeout_s)
-            resolved = resolve(request, execution_parameters(launched.url))
-            say(f"Ready in {ready_in:.1f} s. {resolved.describe()}")
-            _warn_about_assembly(request, say)
-            plan = _plan(request, resolved, launched.url, processing_)
-            started = time.monotonic()
-            shown = progress(len(inputs), say)
-            try:
-                reports = asyncio.run(run_files(plan, inputs, output, shown))
-            finally:
-                shown.close()
+            reports, seconds = _transform(
+                request,
+                launched.url,
+                ready=f"Ready in {ready_in:.1f} s.",
+                inputs=inputs,
+                output=output,
+                processing_=processing_,
+                say=say,
+            )
             if launched.process.poll() is not None:
                 say(
                     f"The {launched.label} exited during the run (code {launched.process.returncode}): SageMaker "
@@ -252,7 +269,53 @@ def local_transform(request: TransformRequest, say: Say) -> int:
             return 1
         finally:
             launched.stop()
-    return _summary(reports, time.monotonic() - started, output.label, say)
+    return _summary(reports, seconds, output.label, say)
+
+
+def _against_running(
+    request: TransformRequest,
+    url: str,
+    *,
+    inputs: list[transform_io.InputFile],
+    output: transform_io.Output,
+    processing_: Processing | None,
+    say: Say,
+) -> int:
+    """The job against a server already running (`url`): started by someone else, so it is
+    neither started nor stopped here, and it must answer /ping with 200 now."""
+    status = ping(url)
+    if status != 200:
+        answer = f"HTTP {status}" if status else "nothing within 2 s"
+        say(f"{url}/ping answered {answer}, not 200: start the server first, or let local transform start it.")
+        return 1
+    reports, seconds = _transform(
+        request, url, ready=f"{url} answers /ping.", inputs=inputs, output=output, processing_=processing_, say=say
+    )
+    return _summary(reports, seconds, output.label, say)
+
+
+def _transform(
+    request: TransformRequest,
+    url: str,
+    *,
+    ready: str,
+    inputs: list[transform_io.InputFile],
+    output: transform_io.Output,
+    processing_: Processing | None,
+    say: Say,
+) -> tuple[list[FileReport], float]:
+    """Every file through the server at `url`: the reports, and the seconds the run took."""
+    resolved = resolve(request, execution_parameters(url))
+    say(f"{ready} {resolved.describe()}")
+    _warn_about_assembly(request, say)
+    plan = _plan(request, resolved, url, processing_)
+    started = time.monotonic()
+    shown = progress(len(inputs), say)
+    try:
+        reports = asyncio.run(run_files(plan, inputs, output, shown))
+    finally:
+        shown.close()
+    return reports, time.monotonic() - started
 
 
 def _endpoints(request: TransformRequest) -> tuple[list[transform_io.InputFile], transform_io.Output]:
