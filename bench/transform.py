@@ -17,11 +17,11 @@ RandomForestClassifier, trained on 5,000 rows). For each model, three measures:
   last .out byte; server start-up excluded, printed apart), and the .out is checked against
   the in-process predictions, line by line.
 - the classic recipe (nginx + gunicorn(gevent) + Flask + pandas, bench/classic_recipe.py, as
-  bench/run.py starts it) behind the same runner: `sagehost local transform` only starts its
-  own server, so the bench drives the runner itself (sagehost.local.transform_run.run_files,
-  the code the command runs after start-up) against the recipe's URL. The recipe's nginx
-  takes at most 5 MB a body (client_max_body_size 5m, as AWS's example), so it gets
-  MaxPayloadInMB 5; and it runs on a `--classic-rows` slice, its rate scaled as rows/s.
+  bench/run.py starts it) behind the same runner: the bench calls what `sagehost local
+  transform` runs (sagehost.local.transform.local_transform) with `url`, which sends the job to
+  a server already running instead of starting one. The recipe's nginx takes at most 5 MB a
+  body (client_max_body_size 5m, as AWS's example), so it gets MaxPayloadInMB 5; and it runs
+  on a `--classic-rows` slice, its rate scaled as rows/s.
 
 With --single-rows N (default 5000; 0 skips) both servers also take N rows under
 SingleRecord (one record a request, concurrency = workers): the per-request cost, which
@@ -32,7 +32,6 @@ Needs `scripts/setup --bench` (nginx) for the classic recipe.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -52,10 +51,7 @@ import pandas as pd
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import run as bench_run  # noqa: E402  (bench/run.py: train, start_classic, wait_ready, stop)
-from sagehost import contract  # noqa: E402
-from sagehost.local.progress import progress  # noqa: E402
-from sagehost.local.transform_io import LocalOutput, local_inputs  # noqa: E402
-from sagehost.local.transform_run import Plan, run_files  # noqa: E402
+from sagehost.local.transform import TransformRequest, local_transform  # noqa: E402
 
 WORKERS = os.cpu_count() or 1
 T = TypeVar("T")
@@ -169,37 +165,43 @@ def check_output(out_file: Path, expected: np.ndarray[Any, Any]) -> None:
 
 
 def classic(model_dir: Path, input_dir: Path, output: Path, rows: int, work: Path, *, single: bool = False) -> Rate:
+    """The recipe started as bench/run.py starts it, then the same job as sagehost's, sent to it
+    by `local_transform` with `url` (what `sagehost local transform` runs, minus the start-up)."""
     procs, port = bench_run.start_classic(model_dir, work)
+    said: list[str] = []
     try:
         url = f"http://127.0.0.1:{port}"
         bench_run.wait_ready(url + "/ping", procs[0])
-        plan = Plan(
+        shutil.rmtree(output, ignore_errors=True)
+        payload: dict[str, Any] = (
+            {"strategy": "SingleRecord"}
+            if single
+            else {"strategy": "MultiRecord", "max_payload_mb": CLASSIC_PAYLOAD_MB}
+        )
+        request = TransformRequest(
+            None,
+            str(input_dir),
+            str(output),
             url=url,
-            split="Line",
-            single=single,
-            payload_limit=CLASSIC_PAYLOAD_MB * contract.MIB,
-            concurrency=WORKERS,
-            assemble_lines=True,
             content_type="text/csv",
             accept="text/csv",
-            processing=None,
-            gzip=False,
+            split_type="Line",
+            concurrency=WORKERS,
+            assemble_with="Line",
             retries=0,
-            timeout_s=120.0,
+            invocation_timeout_s=120.0,
+            **payload,
         )
-        shutil.rmtree(output, ignore_errors=True)
-        shown = progress(1, lambda line: None)
-        started = time.perf_counter()
-        reports = asyncio.run(run_files(plan, local_inputs(input_dir), LocalOutput(output), shown))
-        seconds = time.perf_counter() - started
+        code = local_transform(request, said.append)
     finally:
         bench_run.stop(procs)
-    failed = [r.failure for r in reports if r.failure]
-    if failed:
-        raise RuntimeError(f"the classic recipe failed: {failed}")
-    assert sum(r.records for r in reports) == rows
+    found = re.search(r"([\d,]+) records in [\d.]+ s \(([\d,]+) records/s\)", "\n".join(said))
+    if code != 0 or found is None:
+        raise RuntimeError("the classic recipe's job failed:\n" + "\n".join(said)[-3000:])
+    records, rate = int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
+    assert records == rows, f"{records} records transformed of {rows}"
     mode = "SingleRecord" if single else f"MultiRecord, MaxPayloadInMB {CLASSIC_PAYLOAD_MB}"
-    return Rate(f"classic recipe ({mode})", rows, seconds, f"{rows:,}-row slice")
+    return Rate(f"classic recipe ({mode})", rows, records / rate, f"{rows:,}-row slice")
 
 
 # ---- the run ---------------------------------------------------------------------------------
