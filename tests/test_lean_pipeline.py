@@ -375,6 +375,24 @@ def test_a_boosted_final_estimator_from_the_tree_paths_takes_missing_numbers(fin
     assert model.declined == before  # NaN is the library's to take here, and so the lean path's
 
 
+def test_a_batch_too_big_for_the_tree_walk_is_scored_by_the_librarys_final_step_alone() -> None:
+    """The tree path leaves big batches to the library; the lean transforms still make the matrix
+    and only the final estimator's own predict runs: the lean path answers (nothing declined)."""
+    xgboost = pytest.importorskip("xgboost")
+    frame, y = training_frame()
+    pipeline = by_name(
+        [("text", OneHotEncoder(handle_unknown="ignore", sparse_output=False), TEXT), ("n", StandardScaler(), NUMBERS)],
+        xgboost.XGBClassifier(n_estimators=400, max_depth=6, n_jobs=1),
+        sparse_threshold=0.0,
+    ).fit(frame[TEXT + NUMBERS], y)
+    model = check_parity(pipeline, frame, TEXT + NUMBERS)
+    library = EstimatorModel(pipeline, "library", fast_path=False)
+    big = conformed(records_for(frame, TEXT + NUMBERS, count=300)[:300], model.spec)
+    before = model.declined
+    assert_same(model, library, big, "predict_proba")
+    assert model.declined == before
+
+
 @pytest.mark.parametrize(
     ("steps", "columns"),
     [

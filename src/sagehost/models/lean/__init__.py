@@ -62,17 +62,21 @@ class LeanPipeline:
         final: fast.FastPath,
         methods: frozenset[str],
         *,
+        estimator: Any,
         takes_missing: bool,
         pandas_text: bool,
     ) -> None:
         self._pandas_text = pandas_text
         self.layout = layout
         self._risky = [i for i, c in enumerate(out) if not c.bounded]
+        self._takes_missing = takes_missing
         self._acceptable = _with_missing if takes_missing else _finite
         self._columns = transform if isinstance(transform, Columns) else None
         self._width = len(out)
         self._transform = transform
         self._final = final
+        self._estimator = estimator
+        self.library_final = False  # set by the proof: the library's final step takes our matrix
         self.methods = methods
         self.tolerance: tuple[float, float] = getattr(final, "tolerance", _FLOAT64_TOLERANCE)
         self._number_at = [i for i, c in enumerate(layout) if c.kind is Kind.NUMBER]
@@ -105,9 +109,23 @@ class LeanPipeline:
         if out is None:
             return None
         x = out.numbers
-        if x.size and not self._acceptable(np.abs(x).max()):
+        magnitude = np.abs(x)
+        # NaN compares False either way: it passes where the final estimator takes it, else not.
+        refused = (magnitude > _LARGEST).any() if self._takes_missing else not (magnitude <= _LARGEST).all()
+        return None if refused else self._final_answer(x, method)
+
+    def _final_answer(self, x: np.ndarray[Any, Any], method: str) -> np.ndarray[Any, Any] | None:
+        """The final estimator's lean path; where it declines (a batch too big for a tree walk to
+        pay, missing values a forest leaves to the library), the library's own final estimator on
+        the same matrix: the transforms stay lean, and the matrix is the one the library makes.
+        If that raises, the whole pipeline is the library's, so the error is exactly its own."""
+        answer = self._final.predict(x, method)
+        if answer is not None or not self.library_final:
+            return answer
+        try:
+            return np.asarray(getattr(self._estimator, method)(x))
+        except Exception:  # any of the library's errors: it raises it again, itself
             return None
-        return self._final.predict(x, method)
 
     def _one_row(self, row: Any, method: str) -> np.ndarray[Any, Any] | None:
         """One row in Python floats and a list: a dozen numpy calls cost more than the arithmetic."""
@@ -116,7 +134,7 @@ class LeanPipeline:
             if values[i] in _INFINITIES:
                 return None  # every covered step's validation refuses infinity
         x = self._sparse_row(self._columns, values) if self._columns is not None else self._dense_row(values)
-        return None if x is None else self._final.predict(x, method)
+        return None if x is None else self._final_answer(x, method)
 
     def _sparse_row(self, columns: Columns, values: list[Any]) -> np.ndarray[Any, Any] | None:
         parts = columns.sparse_row(values)
@@ -195,7 +213,14 @@ def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
     # with them a DataFrame, where pandas turns None into NaN in a column that holds text.
     pandas_text = spec.feature_names is not None
     return LeanPipeline(
-        layout, transform, out, path, methods, takes_missing=_takes_missing(final), pandas_text=pandas_text
+        layout,
+        transform,
+        out,
+        path,
+        methods,
+        estimator=final,
+        takes_missing=_takes_missing(final),
+        pandas_text=pandas_text,
     )
 
 

@@ -38,6 +38,7 @@ def agrees(
     pools = [_pool(column.kind, hints.get(i, [])) for i, column in enumerate(lean.layout)]
     typical = [[pool[rng.integers(len(pool))] for pool in pools] for _ in range(_TYPICAL_ROWS)]
     edges = _edge_rows(lean.layout, typical[0])
+    lean.library_final = _dense_before_final(estimator, features(_conformed(typical[:2], spec)))
     every = sorted(lean.methods)
     # Batches take the vectorised steps, single rows the Python-float ones: both are proven. The
     # methods differ only in the final estimator's last step, so single rows try one of them.
@@ -57,6 +58,21 @@ def agrees(
                     log.info("Lean pipeline probe disagreed on %d row(s), %s.", len(rows), method)
                     return False
     return True
+
+
+def _dense_before_final(pipeline: Any, frame: Any) -> bool:
+    """Whether the library's own transforms hand its final estimator a dense array, as the lean
+    path does: only then may the library's final estimator answer on the lean path's matrix
+    (a sparse matrix is refused or taken differently, e.g. NaN by a forest)."""
+    from scipy import sparse
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            matrix = pipeline[:-1].transform(frame) if len(pipeline.steps) > 1 else frame
+    except Exception:  # the library cannot transform these rows: no shortcut through it
+        return False
+    return not sparse.issparse(matrix)
 
 
 def _some(rows: list[list[Any]], rng: np.random.Generator) -> list[list[Any]]:
