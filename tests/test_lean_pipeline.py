@@ -228,6 +228,23 @@ def test_none_as_a_category_of_an_object_column() -> None:
     check_parity(pipeline, frame, TEXT + NUMBERS)
 
 
+def test_many_numbers_in_one_part_and_infinities_from_csv() -> None:
+    frame, y = training_frame()
+    frame["double"], frame["older"], frame["code"] = frame["amount"] * 2, frame["age"] + 3, frame["code"] * 1.0
+    numbers = [*NUMBERS, "double", "older", "code"]
+    pipeline = by_name(
+        [("text", OneHotEncoder(handle_unknown="ignore"), TEXT), ("numbers", RobustScaler(), numbers)],
+        LogisticRegression(max_iter=2000),
+    ).fit(frame[TEXT + numbers], y)
+    model = check_parity(pipeline, frame, TEXT + numbers)
+    library = EstimatorModel(pipeline, "library", fast_path=False)
+    header = ",".join(TEXT + numbers)
+    for body in ("red,paris,y,inf,40,1,2,3", "red,paris,y,12,-inf,1,2,3\nblue,rome,n,1,2,3,4,5"):
+        rows = schema.conform(decode(f"{header}\n{body}\n".encode(), "text/csv"), model.spec)
+        for method in METHODS:
+            assert_same(model, library, rows, method)
+
+
 def test_a_big_payload_in_chunks_keeps_the_whole_batchs_rule_for_none() -> None:
     """5,200 rows go through 2,048 at a time; the first chunk's colours are all None, which in
     the whole batch (as pandas sees it) are NaN, a category this encoder learnt."""

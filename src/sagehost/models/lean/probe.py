@@ -28,7 +28,8 @@ log = logging.getLogger("sagehost.models")
 _TYPICAL_ROWS = 64
 _SINGLE_EDGES = 120
 _TEXT_EDGES: tuple[Any, ...] = (None, "\u2400 never seen", "", "7")
-_NUMBER_EDGES = (float("nan"), 0.0, -0.0, 1e300, -1e300, 1e-300, 1e15, -7.0)
+# CSV can carry "inf": schema makes it a float infinity, which JSON cannot carry.
+_NUMBER_EDGES = (float("nan"), 0.0, -0.0, 1e300, -1e300, 1e-300, 1e15, -7.0, float("inf"), float("-inf"))
 
 
 def agrees(
