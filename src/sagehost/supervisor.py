@@ -73,6 +73,7 @@ class _Supervisor:
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.ready_r = self.ready_w = -1
+        self.gate_r = self.gate_w = -1
         self.responder: LoadingResponder | None = None
 
     def run(self, workers: int, wait_ready: bool) -> int:
@@ -82,8 +83,7 @@ class _Supervisor:
                 self._await_ready()
             if self.sidecar is not None:
                 self.spawn(SIDECAR)
-            for slot in range(workers):
-                self.spawn(slot)
+            self._spawn_together(workers)
             while self.children or (self.pending and not self.stopping):
                 self._wait()
                 self._on_signals()
@@ -150,6 +150,7 @@ class _Supervisor:
             code = 1
             try:
                 self._become_child(keep=ready_fd, parent=supervisor)
+                self._wait_at_gate()
                 code = self.sidecar() if slot == SIDECAR and self.sidecar is not None else self.work(ready_fd)
             except BaseException:
                 log.exception("Worker %d crashed", os.getpid())
@@ -169,9 +170,30 @@ class _Supervisor:
         if self.responder is not None:
             self.responder.abandon()
         self.selector.close()
-        for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w):
+        for fd in (self.wake_r, self.wake_w, self.ready_r, self.ready_w, self.gate_w):
             if fd >= 0 and fd != keep:
                 os.close(fd)
+
+    # ---- the first workers start together ------------------------------------------------------
+
+    def _spawn_together(self, workers: int) -> None:
+        """The first workers wait until all of them are forked: a worker that served at once
+        would answer /ping 200 while its siblings were still being forked (a preloaded model's
+        workers are ready in a few milliseconds), and /ping's 200 says the server is up."""
+        self.gate_r, self.gate_w = os.pipe()
+        try:
+            for slot in range(workers):
+                self.spawn(slot)
+        finally:
+            os.close(self.gate_w)  # the last write end: the waiting workers read end-of-file
+            os.close(self.gate_r)
+            self.gate_r = self.gate_w = -1
+
+    def _wait_at_gate(self) -> None:
+        if self.gate_r >= 0:
+            os.read(self.gate_r, 1)  # returns b"" once the supervisor has closed its write end
+            os.close(self.gate_r)
+            self.gate_r = -1
 
     def exited(self, pid: int, code: int) -> None:
         slot = self.children.pop(pid, None)

@@ -1,5 +1,7 @@
 """Forked workers share the model's pages (issue 17): real `sagehost serve` processes with 1 and
-2 workers on a forest of tens of MB, measured by PSS once every worker has served requests.
+2 workers, measured by PSS once every worker has served requests, on a forest of tens of MB
+(loaded before the fork) and on a boosted model (loaded by each worker, its libraries imported
+before the fork); and the warm-up leaves a worker's first request nothing to import.
 
 PSS charges each page to the processes mapping it in equal parts, so summed over the supervisor
 and its workers it is the memory the server takes (RSS would count a shared page in each).
