@@ -109,6 +109,8 @@ class Logistic:
         self._softmax = softmax
 
     def predict(self, x: np.ndarray[Any, Any], method: str) -> np.ndarray[Any, Any] | None:
+        if not np.isfinite(x).all():
+            return None  # the library refuses NaN and infinity ("Input X contains NaN"): its error
         scores: np.ndarray[Any, Any] = x @ self.coef_t + self.intercept
         if scores.shape[1] == 1:
             scores = scores.reshape(-1)

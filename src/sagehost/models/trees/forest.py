@@ -1,5 +1,6 @@
 """scikit-learn's random forests and extra trees: the mean of every tree's leaf, as
-`predict_proba` / `predict` compute it (float32 inputs against float64 thresholds)."""
+`predict_proba` / `predict` compute it (float32 inputs against float64 thresholds; a value
+float32 cannot hold is the library's to refuse)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from sagehost.models.trees.flat import Array, FlatTrees, Tree
-from sagehost.models.trees.path import TreePath, labels, via_float32
+from sagehost.models.trees.path import TreePath, finite_float32, labels
 
 # The batch size (rows x trees x depth steps) past which the library is faster: scikit-learn's
 # forests pay for joblib on every call, so ~600 rows of 100 unpruned trees.
@@ -26,12 +27,12 @@ def path(forest: Any, classifier: bool) -> TreePath:
         return total
 
     if not classifier:
-        return TreePath(flat, {"predict": mean}, prepare=via_float32, max_steps=FOREST_STEPS)
+        return TreePath(flat, {"predict": mean}, prepare=finite_float32, max_steps=FOREST_STEPS)
     classes = forest.classes_
     return TreePath(
         flat,
         {"predict_proba": mean, "predict": lambda s: labels(classes, np.argmax(mean(s), axis=1))},
-        prepare=via_float32,
+        prepare=finite_float32,
         max_steps=FOREST_STEPS,
     )
 

@@ -24,14 +24,15 @@ FLOAT32_TOLERANCE = (1e-5, 1e-6)
 
 class TreePath:
     """A FastPath: `outputs` maps each method to the library's arithmetic on the walk's sums,
-    (groups, rows[, classes]); batches over `max_rows` are left to the library."""
+    (groups, rows[, classes]); batches over `max_rows` are left to the library, and so is a batch
+    `prepare` returns None for (input the library refuses)."""
 
     def __init__(
         self,
         trees: FlatTrees,
         outputs: Mapping[str, Callable[[Array], Array]],
         *,
-        prepare: Callable[[Array], Array],
+        prepare: Callable[[Array], Array | None],
         tolerance: tuple[float, float] = FLOAT64_TOLERANCE,
         max_steps: int,
     ) -> None:
@@ -46,7 +47,8 @@ class TreePath:
         finish = self._outputs.get(method)
         if finish is None or len(x) > self.max_rows:
             return None
-        sums = self.trees.sums(self._prepare(x))
+        prepared = self._prepare(x)
+        sums = None if prepared is None else self.trees.sums(prepared)
         return None if sums is None else finish(sums)
 
 
@@ -58,6 +60,13 @@ def via_float32(x: Array) -> Array:
     """The values a float32 library compares: each input rounded to float32 (beyond its range, ±inf)."""
     with np.errstate(over="ignore"):
         return np.ascontiguousarray(x, dtype=np.float32).astype(np.float64)
+
+
+def finite_float32(x: Array) -> Array | None:
+    """`via_float32` for scikit-learn's trees, which refuse what float32 cannot hold ("Input X
+    contains infinity or a value too large for dtype('float32')"): None for such a batch."""
+    rounded = via_float32(x)
+    return None if np.isinf(rounded).any() else rounded
 
 
 def labels(classes: Array, index: Array) -> Array:
