@@ -9,11 +9,18 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
+import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
+from sagehost.codecs.decode import decode
 from sagehost.config import Method
+from sagehost.models import schema
 from sagehost.models.estimator import EstimatorModel
 from sagehost.predictor import Outputs, Rows
 
@@ -81,3 +88,38 @@ def test_logistic_leaves_missing_and_infinite_values_to_the_library(value: float
     for method in methods:
         assert_refused(model, Rows(rows), method)
     assert model.declined == 6
+
+
+def conformed(records: list[dict[str, Any]], model: EstimatorModel) -> Rows:
+    """The rows exactly as a JSON request of these records reaches the model."""
+    return schema.conform(decode(orjson.dumps(records), "application/json"), model.spec)
+
+
+# One encoder over a text column and an integer column (a DataFrame's str and int64 columns):
+# every column of the part was typed text, so a JSON 20 reached the encoder as "20", which no
+# integer category matches: unknown, all zeros, on the lean path and the library path alike,
+# where scikit-learn given the same records answers with the category's column.
+@pytest.mark.parametrize(
+    "encoder",
+    [OneHotEncoder(handle_unknown="ignore"), OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)],
+)
+def test_an_integer_column_encoded_beside_a_text_column_matches_as_a_number(encoder: Any) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"city": rng.choice(["a", "b", "c"], 200), "zip": rng.choice([10, 20, 30], 200), "x": rng.normal(size=200)}
+    )
+    target = ((frame["zip"] == 20) | (frame["city"] == "a")).to_numpy().astype(int)
+    parts = ColumnTransformer([("codes", encoder, ["city", "zip"]), ("scaled", StandardScaler(), ["x"])])
+    pipeline = make_pipeline(parts, LogisticRegression()).fit(frame, target)
+    records = [
+        {"city": "b", "zip": 20, "x": 0.1},
+        {"city": "b", "zip": 10, "x": 0.1},
+        {"city": "c", "zip": 30.0, "x": 2},
+    ]
+    expected = pipeline.predict_proba(pd.DataFrame(records))  # scikit-learn on the user's records
+    for fast_path in (True, False):
+        model = EstimatorModel(pipeline, "mixed", fast_path=fast_path)
+        assert model.uses_fast_path is fast_path
+        for batch in (records, records[:1]):
+            answer = model.predict(conformed(batch, model), "predict_proba")
+            np.testing.assert_allclose(answer, expected[: len(batch)], rtol=1e-9)

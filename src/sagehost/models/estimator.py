@@ -119,8 +119,14 @@ def column_kinds(
     if _encodes_text(first) and len(getattr(first, "categories_", ())) == n_features:
         text = {i for i, cats in enumerate(first.categories_) if _is_text(cats)}
     for transformer, columns in _column_transformers(first):
-        if _encodes_text(transformer):
-            text.update(_column_indices(columns, names, n_features))
+        indices = _column_indices(columns, names, n_features)
+        per_column = _text_columns(transformer)
+        if per_column is not None and len(per_column) == len(indices):
+            # Each column as its own categories say: an integer column encoded beside a text
+            # one keeps its numbers (as "20" it would match no category 20).
+            text.update(i for i, is_text in zip(indices, per_column, strict=True) if is_text)
+        elif _encodes_text(transformer):
+            text.update(indices)
     if not text:
         return None
     return tuple(ColumnKind.TEXT if i in text else ColumnKind.NUMBER for i in range(n_features))
@@ -146,6 +152,19 @@ def _encodes_text(transformer: Any) -> bool:
     if categories is not None:
         return any(_is_text(c) for c in categories)
     return any(_encodes_text(step) for _, step in getattr(transformer, "steps", []) or [])
+
+
+def _text_columns(transformer: Any) -> list[bool] | None:
+    """Per input column of a ColumnTransformer part, whether its encoder's categories are text;
+    None where that is not known column by column (no encoder, or a step before it that may
+    change the columns)."""
+    categories = getattr(transformer, "categories_", None)
+    if categories is not None:
+        return [_is_text(c) for c in categories]
+    steps = getattr(transformer, "steps", None) or []
+    if steps and hasattr(steps[0][1], "categories_"):
+        return _text_columns(steps[0][1])
+    return None
 
 
 def _is_text(categories: Any) -> bool:
