@@ -437,6 +437,7 @@ class Container(LoopbackServer):
     status: Callable[[bytes], int] = lambda body: 200
     bodies: list[bytes] = field(default_factory=list)
     chunked: list[bool] = field(default_factory=list)
+    heads: list[dict[str, str]] = field(default_factory=list)
     in_flight: int = 0
     most_in_flight: int = 0
 
@@ -446,6 +447,7 @@ class Container(LoopbackServer):
                 headers = dict(
                     line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line
                 )
+                self.heads.append(headers)
                 body = await self._body(reader, headers)
                 await self._answer(writer, body, headers.get("transfer-encoding") == "chunked")
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -538,6 +540,22 @@ async def test_concurrent_requests_come_back_out_of_order_and_are_written_in_inp
     assert len(container.bodies) > 10 and all(len(b) <= 200 for b in container.bodies)
     assert written["a.csv.out"] == b"".join(line + b"!\n" for line in data.splitlines())
     assert reports[0].records == 300 and reports[0].failure is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [64, None])
+async def test_each_request_names_its_types_and_asks_for_its_answer_uncompressed(
+    tmp_path: Path, limit: int | None
+) -> None:
+    # Whole bodies go through sagehost's pooled client, streamed ones (MaxPayloadInMB=0) through
+    # httpx: the same headers either way, and the answer written as it came.
+    async with Container() as container:
+        _, written, _ = await transform(plan(container.url, payload_limit=limit), tmp_path, {"a.csv": rows(30)})
+    assert written["a.csv.out"] == b"".join(line + b"!\n" for line in rows(30).splitlines())
+    assert container.heads and all(
+        (h["content-type"], h["accept"], h["accept-encoding"]) == ("text/csv", "text/csv", "identity")
+        for h in container.heads
+    )
 
 
 @pytest.mark.anyio

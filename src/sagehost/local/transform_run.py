@@ -42,6 +42,7 @@ STREAM_CHUNK = 64 * 1024
 MAX_ANSWER_BYTES = 1024 * 1024 * 1024
 _RETRY_PAUSE_S = 0.5
 _READ_AHEAD = 64
+_IDENTITY = (b"accept-encoding", b"identity")
 _READ_AHEAD_BYTES = 1024 * 1024
 _MESSAGE_CHARS = 500
 # Answers that may be about one record (a bad value, a model that raised on it): worth finding it.
@@ -221,6 +222,7 @@ class _Runner:
     async def _post_whole(self, body: bytes, headers: dict[str, str]) -> Answer:
         started = time.monotonic()
         sent = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        sent.append(_IDENTITY)  # the answers are written as sent: never compressed on the way
         got = await self.lean.request("POST", self.plan.url + "/invocations", sent, body, self.plan.timeout_s)
         return Answer(got.status, httpx.Headers(got.headers), got.body, time.monotonic() - started)
 
