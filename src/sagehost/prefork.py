@@ -6,6 +6,13 @@ collector writes to every object it walks, so a worker copies whatever it touche
 therefore does here, once, what each worker would otherwise do on its own: import the modules
 serving needs, load and warm up the model where its runtime allows (sagehost.server), and
 freeze the heap, so that the workers' collector leaves the parent's objects alone.
+
+Models whose runtime is OpenMP (XGBoost, LightGBM, scikit-learn's HistGradientBoosting) are
+loaded here too when every worker runs them on one thread (`openmp_preloadable`): an OpenMP pool
+started in the parent leaves a forked worker hanging on its first parallel call, but the pool is
+only started by a parallel region run with more than one thread. The parent proves it started
+none: it has one thread once the model is loaded and warmed up (`process_threads`), or the
+workers load their own copies after the fork as for any other threaded runtime.
 Measured by PSS, which counts a shared page once (bench/memory.py,
 tests/integration/test_shared_memory.py).
 """
@@ -20,11 +27,12 @@ import os
 import select
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from sagehost.config import Settings
 from sagehost.errors import StartupError
-from sagehost.models import describe
+from sagehost.models import describe, lightgbm, sklearn, xgboost
 
 log = logging.getLogger("sagehost.server")
 
@@ -142,3 +150,55 @@ def import_shareable(names: list[str]) -> None:
     log.debug(
         "Imported %d modules before forking, of the %d loading the model imports", len(sys.modules) - before, len(names)
     )
+
+
+# Per format: whether a model file's only threaded runtime is OpenMP, told from the file alone.
+_OPENMP_ONLY: dict[str, Callable[[Path], bool]] = {
+    "sklearn": sklearn.openmp_only,
+    "xgboost": xgboost.openmp_only,
+    "lightgbm": lightgbm.openmp_only,
+}
+_TASKS = Path("/proc/self/task")  # one entry per thread of this process, native ones included
+
+
+def openmp_preloadable(settings: Settings) -> bool:
+    """Whether the model, which does not survive a fork in general, may be loaded before it here:
+    its only threaded runtime is OpenMP and every OpenMP call runs one thread (`one_openmp_thread`).
+    Linux only: the proof that the parent started no pool counts its threads in /proc."""
+    if settings.workers == 1 or settings.preload is not None or not settings.model_dir.is_dir():
+        return False
+    if not _TASKS.is_dir() or not one_openmp_thread():
+        return False
+    try:
+        servable = describe(settings.model_dir, settings)
+    except StartupError:
+        return False  # the load says why
+    found = servable.found
+    openmp_only = _OPENMP_ONLY.get(found.format.name) if found is not None else None
+    return servable.script is None and found is not None and openmp_only is not None and openmp_only(found.path)
+
+
+def one_openmp_thread() -> bool:
+    """OMP_NUM_THREADS is 1: scikit-learn's OpenMP loops run one thread, and so do the XGBoost and
+    LightGBM calls, which are given at most that many (sklearn.library_threads). `sagehost serve`
+    sets it to each worker's share of the cores unless the user set it: 1 by default, with as many
+    workers as cores. A user who set it higher keeps a pool per worker, and a copy of the model."""
+    return os.environ.get("OMP_NUM_THREADS", "").strip() == "1"
+
+
+@contextlib.contextmanager
+def openmp_limited_to_one() -> Iterator[None]:
+    """Every OpenMP library loaded in this process held to one thread (threadpoolctl, which
+    scikit-learn depends on), in case one read OMP_NUM_THREADS before sagehost set it."""
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield
+
+
+def process_threads() -> int:
+    """This process's threads, native ones (an OpenMP pool's) included."""
+    return len(os.listdir(_TASKS))

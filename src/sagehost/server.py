@@ -6,7 +6,8 @@
   request's whole path, so lazy imports and caches happen there), and the heap is frozen, so
   workers share its pages instead of copying them (measured by PSS: bench/memory.py).
   Runtimes that do not survive a fork (OpenMP pools, a JVM, onnxruntime, torch) load in each
-  worker after the fork instead, while the parent answers 503 until the first worker is ready;
+  worker after the fork instead (OpenMP ones only when they run more than one thread per worker:
+  sagehost.prefork.openmp_preloadable), while the parent answers 503 until the first worker is ready;
   for the libraries known to start no thread on import, the parent imports what loading the
   model imports (learnt in a throwaway child), so the workers still share those.
 - Each worker is sagehost's HTTP server (sagehost.http.server, on uvloop) on the shared socket
@@ -65,11 +66,14 @@ def serve(settings: Settings) -> int:
 
         return serve_models(sock, settings)
     preloaded: Loaded | None = None
-    loaded_before = settings.workers == 1 or _preload(settings)
+    one_openmp_thread = _one_openmp_thread(settings)
+    loaded_before = settings.workers == 1 or one_openmp_thread or _preload(settings)
     try:
         if loaded_before:
-            preloaded = load_answering_503(sock, settings)
-            if settings.workers > 1 and settings.preload is None and not _fork_safe(preloaded):
+            preloaded = load_answering_503(sock, settings, one_openmp_thread)
+            if one_openmp_thread:
+                preloaded = _unless_threads_started(preloaded)
+            elif settings.workers > 1 and settings.preload is None and not _fork_safe(preloaded):
                 preloaded = None  # each worker loads its own copy after fork
     except StartupError as exc:
         report_startup_failure(exc)
@@ -91,6 +95,32 @@ def _preload(settings: Settings) -> bool:
     if not safe:
         log.info("This model's runtime does not survive fork: each worker loads its own copy")
     return safe
+
+
+def _one_openmp_thread(settings: Settings) -> bool:
+    """Whether the model, unsafe to fork in general, is an OpenMP one loaded before the fork since
+    every worker runs it on one thread (sagehost.prefork.openmp_preloadable)."""
+    if fork_safe(settings) or not prefork.openmp_preloadable(settings):
+        return False
+    log.info("This model's runtime (OpenMP) runs one thread per worker: it is loaded once, before forking")
+    return True
+
+
+def _unless_threads_started(loaded: Loaded) -> Loaded | None:
+    """The model the parent loaded single-threaded, if loading and warming it up started no thread
+    (no OpenMP pool for a forked worker to inherit half-alive); otherwise None: each worker loads
+    its own copy after the fork, as for any runtime with threads. A worker forked from a parent
+    with a pool still runs its one-thread calls (measured: only a parallel region of more than one
+    thread hangs), and its requests run on a thread of its own."""
+    threads = prefork.process_threads()
+    if threads == 1:
+        return loaded
+    log.warning(
+        "Loading the model left %d threads in the server's parent process, where one was expected (an OpenMP "
+        "pool?): each worker loads its own copy after forking instead of sharing this one",
+        threads,
+    )
+    return None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -249,8 +279,10 @@ def _worker_main(sock: socket.socket, settings: Settings, preloaded: Loaded | No
         return 1
 
 
-def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
+def load_answering_503(sock: socket.socket, settings: Settings, one_openmp_thread: bool = False) -> Loaded:
     """Load (and warm up) on this thread while another answers every connection 503.
+    `one_openmp_thread`: an OpenMP model to be shared by forked workers, warmed up with every
+    OpenMP library held to one thread (the caller then checks that no thread was started).
 
     The load runs on the main thread so that the model's memory comes from the main malloc arena.
     Loaded on a thread that then exits, it sat in that thread's arena, which glibc hands to the
@@ -260,7 +292,10 @@ def load_answering_503(sock: socket.socket, settings: Settings) -> Loaded:
     with _answering_503(sock):
         try:
             loaded = load(settings)
-            if settings.workers == 1 or _fork_safe(loaded):
+            if one_openmp_thread:
+                with prefork.openmp_limited_to_one():  # the libraries are loaded now: the limit reaches them
+                    warm_up(loaded, settings)
+            elif settings.workers == 1 or _fork_safe(loaded):
                 warm_up(loaded, settings)
             # else: a warm-up here would start thread pools that forked workers inherit half-alive;
             # the parent drops this copy and each worker loads and warms its own.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
-from sagehost.models import boosters
-from sagehost.models.extras import require, threads_per_worker
+from sagehost.models import boosters, sklearn
+from sagehost.models.extras import require
 from sagehost.models.files import head, model_files
 from sagehost.models.format import Format
 from sagehost.predictor import Model
@@ -23,7 +23,12 @@ def load(path: Path, settings: Settings) -> Model:
         booster = lgb.Booster(model_file=str(path))
     except lgb.basic.LightGBMError as exc:
         raise ModelLoadError(f"LightGBM could not load {path.name}: {str(exc)[:300]}") from None
-    return boosters.lightgbm(booster, path.name, threads_per_worker(settings.workers), fast_path=settings.fast_path)
+    return boosters.lightgbm(booster, path.name, sklearn.library_threads(settings.workers), fast_path=settings.fast_path)
+
+
+def openmp_only(path: Path) -> bool:
+    """LightGBM's only threads are its OpenMP pool."""
+    return True
 
 
 FORMAT = Format(

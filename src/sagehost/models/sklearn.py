@@ -4,6 +4,7 @@ pickled whole. `from_object` also serves what a script's model_fn returns."""
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,17 @@ from sagehost.predictor import Model
 
 SUFFIXES = (".joblib", ".pkl", ".pickle")
 
-# Runtimes that start OpenMP or other thread pools when they predict: a worker forked after the
-# parent used one hangs on its first call, so such pickles load in each worker after fork.
+# Runtimes whose only threads are an OpenMP (libgomp) pool, started by the first parallel region
+# run with more than one thread: a worker forked from a parent that has one hangs on its first
+# parallel call (its pool's threads are not in the child). Run single-threaded, they start none,
+# and may be loaded before the fork (`openmp_only`, sagehost.prefork.openmp_preloadable).
+_OPENMP_MODULES = (b"xgboost", b"lightgbm", b"sklearn.ensemble._hist_gradient_boosting")
+# Runtimes that start thread pools when they predict: such pickles load in each worker after fork.
 _THREADED_MODULES = (
-    b"xgboost",
-    b"lightgbm",
+    *_OPENMP_MODULES,
     b"catboost",
     b"torch",
     b"onnxruntime",
-    b"sklearn.ensemble._hist_gradient_boosting",
     b"sklearn.neighbors",
     b"sklearn.cluster",
 )
@@ -41,12 +44,36 @@ def find(model_dir: Path) -> list[Path]:
 
 def fork_safe(path: Path) -> bool:
     """Read the pickle's module names without running it; unknown (compressed, huge) is unsafe."""
+    modules = _threaded_modules(path)
+    return modules is not None and not modules
+
+
+def openmp_only(path: Path) -> bool:
+    """Whether the pickle's only threaded runtimes are OpenMP ones (XGBoost, LightGBM, scikit-learn's
+    HistGradientBoosting), which start no thread while they run single-threaded."""
+    modules = _threaded_modules(path)
+    return modules is not None and modules <= set(_OPENMP_MODULES)
+
+
+def _threaded_modules(path: Path) -> set[bytes] | None:
+    """The names of _THREADED_MODULES in the pickle; None when they cannot be read (compressed, huge)."""
     if path.stat().st_size > _SNIFF_LIMIT:
-        return False
+        return None
     data = path.read_bytes()
     if data.startswith(_COMPRESSED):
-        return False
-    return not any(module in data for module in _THREADED_MODULES)
+        return None
+    return {module for module in _THREADED_MODULES if module in data}
+
+
+def library_threads(workers: int) -> int:
+    """The thread count an XGBoost or LightGBM model is told to use: each worker's share of the
+    cores, or OMP_NUM_THREADS if that is smaller. Both libraries' own default is OMP_NUM_THREADS,
+    which `sagehost serve` sets to the same share unless the user set it (config.thread_limits):
+    a user who sets it to 1 gets one thread in every library, and the models shared by the workers
+    (sagehost.prefork.openmp_preloadable)."""
+    share = threads_per_worker(workers)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(share, int(omp)) if omp.isdigit() and int(omp) > 0 else share
 
 
 def load(path: Path, settings: Settings) -> Model:
@@ -73,7 +100,7 @@ def load_pickle(path: Path) -> Any:
 
 def from_object(obj: Any, description: str, settings: Settings) -> Model:
     """The Model for an unpickled object: native Boosters get their runtime's own path."""
-    threads = threads_per_worker(settings.workers)
+    threads = library_threads(settings.workers)
     booster = boosters.adopt(obj, description, threads, fast_path=settings.fast_path)
     if booster is not None:
         return booster

@@ -9,7 +9,7 @@ from pathlib import Path
 from sagehost.config import Settings
 from sagehost.errors import ModelLoadError
 from sagehost.models import boosters, sklearn
-from sagehost.models.extras import require, threads_per_worker
+from sagehost.models.extras import require
 from sagehost.models.files import head, is_pickle, model_files
 from sagehost.models.format import Format
 from sagehost.predictor import Model
@@ -33,7 +33,12 @@ def load(path: Path, settings: Settings) -> Model:
         booster.load_model(str(path))
     except xgb.core.XGBoostError as exc:
         raise ModelLoadError(f"XGBoost could not load {path.name}: {str(exc).splitlines()[0][:300]}") from None
-    return boosters.xgboost(booster, path.name, threads_per_worker(settings.workers), fast_path=settings.fast_path)
+    return boosters.xgboost(booster, path.name, sklearn.library_threads(settings.workers), fast_path=settings.fast_path)
+
+
+def openmp_only(path: Path) -> bool:
+    """XGBoost's only threads are its OpenMP pool (a pickled Booster: as its pickle says)."""
+    return sklearn.openmp_only(path) if is_pickle(path) else True
 
 
 FORMAT = Format(
