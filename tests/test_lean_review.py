@@ -123,3 +123,28 @@ def test_an_integer_column_encoded_beside_a_text_column_matches_as_a_number(enco
         for batch in (records, records[:1]):
             answer = model.predict(conformed(batch, model), "predict_proba")
             np.testing.assert_allclose(answer, expected[: len(batch)], rtol=1e-9)
+
+
+# LightGBM reads an input past ±1e300 (and infinity) as ±1e300 (Common::AvoidInf). A split that
+# parts NaN from all numbers sits at 1e300, numbers left: the walk sent 1.5e300 and inf right, with
+# NaN. The proof's probe rows hold inf there, so such a model lost its lean path at load; one
+# whose 1e300 node the probes missed would have answered wrong.
+def test_lightgbm_reads_huge_values_and_infinity_as_1e300() -> None:
+    lightgbm = pytest.importorskip("lightgbm")
+    from sagehost.models.trees import lgbm
+
+    rng = np.random.default_rng(0)
+    x = rng.choice([-1.0, 1.0, np.nan], size=(500, 1))
+    y = np.isnan(x[:, 0]).astype(float) + rng.normal(size=500) * 0.01
+    model = lightgbm.LGBMRegressor(n_estimators=3, min_child_samples=2, verbose=-1).fit(x, y)
+    root = model.booster_.dump_model()["tree_info"][0]["tree_structure"]
+    assert (root["threshold"], root["missing_type"]) == (1e300, "NaN")
+    rows = np.array([[1.0], [1e300], [1.5e300], [np.inf], [-np.inf], [-1.5e300], [np.nan], [1e-36]])
+    path = lgbm.wrapper_path(model)
+    assert path is not None
+    walked = path.predict(rows, "predict")
+    assert walked is not None
+    np.testing.assert_allclose(walked, model.predict(rows), rtol=1e-12)
+    served = EstimatorModel(model, "lgbm")
+    assert served.uses_fast_path
+    assert_same_as_library(served, Rows(rows), "predict")

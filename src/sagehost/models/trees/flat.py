@@ -130,7 +130,8 @@ class FlatTrees:
             used = self.threshold[(self.feature == f) & self.internal]
             if used.size:
                 low[f], high[f] = used.min() - 1, used.max() + 1
-            as32 = used.astype(np.float32)
+            with np.errstate(over="ignore"):  # a split past float32's range (LightGBM's 1e300): inf
+                as32 = used.astype(np.float32)
             near = np.concatenate([used, as32, np.nextafter(as32, np.float32(np.inf))]) if used.size else np.zeros(1)
             on_split.append(rng.choice(near.astype(np.float64), size=128))
         spread = rng.uniform(low, high, size=(256, width))

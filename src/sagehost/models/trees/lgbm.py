@@ -1,6 +1,7 @@
 """LightGBM's numerical trees, read from `Booster.dump_model()`, computed as its predictor does:
-float64 inputs (|x| <= 1e-35 read as 0), NaN read as 0 unless the split's missing type is NaN,
-a missing value (NaN, or zero for zero-as-missing) to the default child, else `x <= threshold`;
+float64 inputs (|x| <= 1e-35 read as 0, |x| > 1e300 as ±1e300), NaN read as 0 unless the
+split's missing type is NaN, a missing value (NaN, or zero for zero-as-missing) to the default
+child, else `x <= threshold`;
 each class's trees summed in order in float64; then the objective's transform.
 
 Left to the library: categorical splits, linear trees, random-forest mode (averaged output),
@@ -18,6 +19,9 @@ from sagehost.models.trees.flat import Array, FlatTrees, Tree
 from sagehost.models.trees.path import TreePath, as_float64, labels
 
 _ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold, a float, compared as a double
+# LightGBM's Common::AvoidInf: an input past ±1e300 (infinity too) is read as ±1e300, which a
+# split at 1e300 (all numbers on one side, NaN on the other) sends left, not right.
+_AVOID_INF = 1e300
 _IDENTITY = ("regression", "regression_l1", "huber", "fair", "quantile", "mape", "lambdarank", "rank_xendcg")
 _EXP = ("poisson", "gamma", "tweedie")
 
@@ -57,8 +61,12 @@ def wrapper_path(model: Any) -> TreePath | None:
 
 def _prepare(x: Array) -> Array:
     x = as_float64(x)
-    tiny = np.abs(x) <= _ZERO  # LightGBM drops these from the row it predicts on: they read as 0
-    return np.where(tiny, 0.0, x) if tiny.any() else x
+    magnitude = np.abs(x)
+    tiny = magnitude <= _ZERO  # LightGBM drops these from the row it predicts on: they read as 0
+    huge = magnitude > _AVOID_INF
+    if not (tiny.any() or huge.any()):
+        return x
+    return np.where(tiny, 0.0, np.clip(x, -_AVOID_INF, _AVOID_INF))  # NaN stays NaN
 
 
 def _read(dump: dict[str, Any]) -> tuple[FlatTrees, Callable[[Array], Array]] | None:
