@@ -148,3 +148,27 @@ def test_lightgbm_reads_huge_values_and_infinity_as_1e300() -> None:
     served = EstimatorModel(model, "lgbm")
     assert served.uses_fast_path
     assert_same_as_library(served, Rows(rows), "predict")
+
+
+# The walk gathers (trees, rows, classes) leaf values before summing them. A 20-tree forest of
+# 200 classes took ~1,200 rows a batch (its cut-off counts tree steps only): ~40 MB for a batch
+# the library answers in ~2 MB. Batches now stay under a leaf-value budget; bigger ones are the
+# library's.
+def test_a_forest_of_many_classes_walks_batches_of_bounded_memory() -> None:
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 4))
+    forest = RandomForestClassifier(n_estimators=20, random_state=0).fit(x, rng.integers(0, 200, 2000))
+    model = EstimatorModel(forest, "forest")
+    assert model.uses_fast_path
+    for size in (1, 300, 1024, 2048):
+        rows = rng.normal(size=(size, 4))
+        tracemalloc.start()
+        try:
+            answer = model.predict(Rows(rows), "predict_proba")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 24e6, (size, peak)
+        np.testing.assert_array_equal(answer, forest.predict_proba(rows))

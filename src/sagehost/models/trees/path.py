@@ -21,6 +21,11 @@ FLOAT32_TOLERANCE = (1e-5, 1e-6)
 # where its library overtook the walk in bench/trees_inprocess.py --crossover (100 trees, one
 # thread); bigger batches go to the library.
 
+# The walk gathers every tree's leaf for every row before summing: (trees, rows, classes) values.
+# A forest of many classes would hold hundreds of MB for one batch where the library, adding
+# tree by tree, holds (rows, classes); past this many values (16 MB) the library answers.
+_LEAF_VALUES = 1 << 21
+
 
 class TreePath:
     """A FastPath: `outputs` maps each method to the library's arithmetic on the walk's sums,
@@ -37,7 +42,9 @@ class TreePath:
         max_steps: int,
     ) -> None:
         self.trees = trees
-        self.max_rows = max(1, max_steps // (trees.n_trees * max(trees.depth, 1)))
+        per_leaf = int(np.prod(trees.value.shape[1:]))  # a forest's leaf holds every class's fraction
+        by_steps = max_steps // (trees.n_trees * max(trees.depth, 1))
+        self.max_rows = max(1, min(by_steps, _LEAF_VALUES // (trees.n_trees * per_leaf)))
         self.methods = frozenset(outputs)
         self.tolerance = tolerance
         self._outputs = dict(outputs)
