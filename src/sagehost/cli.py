@@ -422,6 +422,7 @@ def local_train(image: str | None, no_container: bool, hyper: tuple[str, ...], *
     help="Seconds per request (InvocationsTimeoutInSeconds).",
 )
 @click.option("--no-container", is_flag=True, help="Run `sagehost serve` directly, with the same env and checks.")
+@click.option("--url", metavar="http://HOST:PORT", help="Send the job to a server already running there (starts none).")
 @click.option("--builder", type=click.Choice(ENGINES), help="[docker if its daemon answers, else podman].")
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Container environment.")
 @click.option("--startup-timeout", type=float, default=STARTUP_DEADLINE_S, show_default=True, help="Seconds to 200.")
@@ -436,8 +437,10 @@ def local_transform(
     """A Batch Transform job over --input, as SageMaker runs it: <name>.out per file under --output."""
     from sagehost.local.transform import TransformRequest, local_transform
 
-    if (image is None) == (not no_container):
-        raise click.UsageError("Give an IMAGE, or --no-container to run `sagehost serve` directly (not both).")
+    if options.get("url") is None and (image is None) == (not no_container):
+        raise click.UsageError(
+            "Give an IMAGE, --no-container to run `sagehost serve` directly, or --url of a server already running."
+        )
     request = TransformRequest(
         None if no_container else image,
         input_,

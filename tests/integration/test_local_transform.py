@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import SAGEHOST
+from tests.conftest import SAGEHOST, running
 from tests.integration.test_container import BASE, build, podman
 
 MIB = 1024 * 1024
@@ -210,6 +210,45 @@ def s3_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         }
     finally:
         server.stop()
+
+
+def test_url_sends_the_job_to_a_server_someone_else_started(
+    iris_dir: Path, iris_model: Any, iris_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    """`--url`: the job goes to a server already running; the runner starts and stops nothing."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_bytes(csv_text(iris_frame))
+    env = {"SAGEMAKER_BATCH": "true", "SAGEHOST_WORKERS": "1"}
+    with running(iris_dir, tmp_path, env) as server:
+        done = subprocess.run(
+            [
+                SAGEHOST,
+                "local",
+                "transform",
+                "--url",
+                server.url,
+                "--input",
+                str(tmp_path / "in"),
+                "--output",
+                str(tmp_path / "out"),
+                "--content-type",
+                "text/csv",
+                "--accept",
+                "text/csv",
+                "--split-type",
+                "Line",
+                "--assemble-with",
+                "Line",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert server.process.poll() is None  # still running: not the runner's to stop
+        assert server.client.get("/ping").status_code == 200
+    assert (tmp_path / "out" / "a.csv.out").read_bytes() == lines(labels(iris_model, iris_frame))
 
 
 def test_s3_input_and_output(archive: Path, iris_model: Any, iris_frame: pd.DataFrame, s3_env: dict[str, str]) -> None:
