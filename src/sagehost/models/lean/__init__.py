@@ -32,7 +32,16 @@ __all__ = ["LeanPipeline", "compile_pipeline"]
 _ROW_WIDTH = 512  # wider single rows go the vectorised way: a Python loop per cell would cost more
 _INFINITIES = (math.inf, -math.inf)
 _FEW = 4
-_CHUNK_ROWS = 2048  # bounds the dense (rows x outputs) matrix of a big payload
+# The dense (rows x outputs) matrix is made at most this many values (1 MB) at a time: a one-hot
+# column of 20,000 categories made a 2,000-row batch hold ~600 MB where the library's one-hot
+# output is sparse. A batch of more than _WIDE_ROWS rows whose output is mostly one-hot columns
+# (over _WIDE_ONE_HOT) is the library's: its sparse matrix costs per category set, the dense one
+# per column (2,000 rows of 20,000 columns: ~70 ms lean in chunks, ~16 ms in the library; the
+# lean path wins up to ~200 rows).
+_MATRIX_VALUES = 1 << 17
+_WIDE_ONE_HOT = 1024
+_WIDE_ROWS = 128
+_CHUNK_ROWS = 2048
 _FLOAT64_TOLERANCE = (1e-9, 1e-12)  # (rtol, atol) against the library, unless the final path says
 # The final estimators refuse infinity, and scikit-learn's trees anything beyond float32 ("Input X
 # contains infinity or a value too large for dtype('float32')"); the linear ones refuse NaN too.
@@ -73,6 +82,8 @@ class LeanPipeline:
         self._acceptable = _with_missing if takes_missing else _finite
         self._columns = transform if isinstance(transform, Columns) else None
         self._width = len(out)
+        self._chunk_rows = max(1, min(_CHUNK_ROWS, _MATRIX_VALUES // max(self._width, 1)))
+        self._wide = sum(1 for c in out if c.bounded) > _WIDE_ONE_HOT
         self._transform = transform
         self._final = final
         self._estimator = estimator
@@ -88,17 +99,20 @@ class LeanPipeline:
             return None
         if len(values) == 1 and self._by_row:
             return self._one_row(values[0], method)
+        if self._wide and len(values) > _WIDE_ROWS:
+            return None
         block = from_values(values, self.layout, pandas_text=self._pandas_text)
         if block is None:
             return None
-        if block.rows <= _CHUNK_ROWS:
+        if block.rows <= self._chunk_rows:
             return self._batch(block, method)
         # A big Batch Transform payload: the one-hot matrix is dense here (the library's may be
         # sparse), so it is made a bounded number of rows at a time. The block is made whole
         # first: pandas' rule for None looks at the whole batch.
         parts = []
-        for start in range(0, block.rows, _CHUNK_ROWS):
-            part = self._batch(block.rows_between(start, start + _CHUNK_ROWS), method)
+        size = self._chunk_rows
+        for start in range(0, block.rows, size):
+            part = self._batch(block.rows_between(start, start + size), method)
             if part is None:
                 return None
             parts.append(part)
