@@ -8,9 +8,10 @@ serving needs, load and warm up the model where its runtime allows (sagehost.ser
 freeze the heap, so that the workers' collector leaves the parent's objects alone.
 
 Models whose runtime is OpenMP (XGBoost, LightGBM, scikit-learn's HistGradientBoosting) are
-loaded here too when every worker runs them on one thread (`openmp_preloadable`): an OpenMP pool
-started in the parent leaves a forked worker hanging on its first parallel call, but the pool is
-only started by a parallel region run with more than one thread. The parent proves it started
+loaded here too when every worker runs them on one thread (`openmp_preloadable`). An OpenMP
+pool started in the parent hangs a forked worker's first parallel call of more than one thread
+on the thread that started it (the main thread, where a worker runs cheap calls inline); but
+only a parallel region of more than one thread starts a pool. The parent proves it started
 none: it has one thread once the model is loaded and warmed up (`process_threads`), or the
 workers load their own copies after the fork as for any other threaded runtime.
 Measured by PSS, which counts a shared page once (bench/memory.py,

@@ -109,9 +109,9 @@ def _one_openmp_thread(settings: Settings) -> bool:
 def _unless_threads_started(loaded: Loaded) -> Loaded | None:
     """The model the parent loaded single-threaded, if loading and warming it up started no thread
     (no OpenMP pool for a forked worker to inherit half-alive); otherwise None: each worker loads
-    its own copy after the fork, as for any runtime with threads. A worker forked from a parent
-    with a pool still runs its one-thread calls (measured: only a parallel region of more than one
-    thread hangs), and its requests run on a thread of its own."""
+    its own copy after the fork, as for any runtime with threads. Those workers run every call on
+    one thread, which a pool inherited half-alive does not hang: only a parallel region of more
+    than one thread does (tests/integration/test_shared_memory.py shows both)."""
     threads = prefork.process_threads()
     if threads == 1:
         return loaded

@@ -9,16 +9,25 @@ The assertions use its anonymous part, where the model, the heap and Python's ob
 rest is files in the page cache (libpython, numpy's and scikit-learn's shared objects), whose
 PSS moves with every other process on the machine mapping the same files (bench/memory.py).
 https://docs.kernel.org/filesystems/proc.html (smaps_rollup)
+
+Models whose runtime is OpenMP (XGBoost, LightGBM, HistGradientBoosting) are shared too when
+each worker runs them on one thread (OMP_NUM_THREADS=1): the last tests show why only then.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import joblib
@@ -120,18 +129,22 @@ def wait_for_workers(supervisor: int, workers: int, timeout: float = 10) -> list
     return sorted(children)
 
 
-def served_memory(model_dir: Path, tmp: Path, workers: int, *args: str) -> Memory:
+def served_memory(model_dir: Path, tmp: Path, workers: int, *args: str, env: Mapping[str, str] | None = None) -> Memory:
     """Summed PSS of the server's processes after every worker has served requests."""
-    with running(model_dir, tmp, {"SAGEHOST_WORKERS": str(workers)}, *args) as server:
+    with running(model_dir, tmp, {"SAGEHOST_WORKERS": str(workers), **(env or {})}, *args) as server:
         supervisor = server.process.pid
         serving = wait_for_workers(supervisor, workers)
-        pids = sorted({supervisor, *serving})
         send_until_each_served(server.url, serving)
-        time.sleep(0.3)  # in-flight answers freed
-        return Memory(
-            sum(rollup_kb(pid, "Pss") for pid in pids) / 1024,
-            sum(rollup_kb(pid, "Pss_Anon") for pid in pids) / 1024,
-        )
+        return memory_of(supervisor, serving)
+
+
+def memory_of(supervisor: int, workers: list[int]) -> Memory:
+    pids = sorted({supervisor, *workers})
+    time.sleep(0.3)  # in-flight answers freed
+    return Memory(
+        sum(rollup_kb(pid, "Pss") for pid in pids) / 1024,
+        sum(rollup_kb(pid, "Pss_Anon") for pid in pids) / 1024,
+    )
 
 
 def test_two_workers_take_little_more_memory_than_one(forest_dir: Path, tmp_path: Path) -> None:
@@ -144,12 +157,15 @@ def test_two_workers_take_little_more_memory_than_one(forest_dir: Path, tmp_path
 
 
 def test_workers_that_load_their_own_model_share_its_libraries(boosted_dir: Path, tmp_path: Path) -> None:
-    """The parent imports what loading the model imports (scikit-learn, SciPy, pandas: most of a
-    worker's memory), learnt in a throwaway child, and never loads the model itself. Before it
+    """With OMP_NUM_THREADS=2 each worker runs an OpenMP pool, which must not be started before
+    the fork: the parent imports what loading the model imports (scikit-learn, SciPy, pandas: most
+    of a worker's memory), learnt in a throwaway child, and never loads the model itself. Before it
     did, 2 workers took 2.08 times the memory of one on this model; now about 1.25."""
-    one = served_memory(boosted_dir, tmp_path, 1)
-    two = served_memory(boosted_dir, tmp_path, 2)
+    threads = {"OMP_NUM_THREADS": "2"}
+    one = served_memory(boosted_dir, tmp_path, 1, env=threads)
+    two = served_memory(boosted_dir, tmp_path, 2, env=threads)
     assert two.anon_mb <= 1.4 * one.anon_mb, (one, two)
+    assert "does not survive fork: each worker loads its own copy" in server_logs(tmp_path)
 
 
 FIRST_REQUEST = """
@@ -197,3 +213,156 @@ def test_the_warm_up_leaves_the_first_request_nothing_to_import(tmp_path: Path) 
         [sys.executable, "-c", FIRST_REQUEST, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
     )
     assert run.stdout.split() == []
+
+
+def server_logs(tmp: Path) -> str:
+    return "".join(log.read_text() for log in sorted(tmp.glob("server-*.log")))
+
+
+# ---- OpenMP models: shared when every worker runs them on one thread ----------------------------
+
+BIG_BATCH = 5000  # rows: far past every lean tree walk's max_rows (trees/path.py), so the library answers
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "SAGEHOST_DEFAULT_METHOD": "predict_proba"}
+REQUEST_TIMEOUT_S = 10  # a worker that hangs in an OpenMP call fails the test in this long
+
+
+def _xgbc(x: Any, y: Any) -> Any:
+    from xgboost import XGBClassifier
+
+    return XGBClassifier(n_estimators=100, max_depth=6, n_jobs=1, random_state=0).fit(x, y)
+
+
+def _lgbmc(x: Any, y: Any) -> Any:
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=100, n_jobs=1, random_state=0, verbose=-1).fit(x, y)
+
+
+def _hgbc(x: Any, y: Any) -> Any:
+    return HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=0).fit(x, y)
+
+
+OPENMP_MODELS: dict[str, Callable[[Any, Any], Any]] = {"xgbc": _xgbc, "lgbmc": _lgbmc, "hgbc": _hgbc}
+
+
+@pytest.fixture(scope="module")
+def openmp_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """issue 17's boosted models, as the bench trains them (100 trees), pickled with joblib."""
+    x, y = make_classification(n_samples=2000, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    dirs = {}
+    for name, fit in OPENMP_MODELS.items():
+        out = tmp_path_factory.mktemp(name)
+        joblib.dump(fit(x, y), out / "model.joblib")
+        dirs[name] = out
+    return dirs
+
+
+def big_batch() -> tuple[bytes, Any]:
+    rows = np.random.default_rng(1).normal(size=(BIG_BATCH, 4))
+    return "\n".join(",".join(f"{v:.6f}" for v in row) for row in rows).encode(), np.round(rows, 6)
+
+
+def post(url: str, body: bytes) -> httpx.Response:
+    """One request on a fresh connection (so the kernel may hand it to either worker)."""
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
+        return client.post("/invocations", content=body, headers={"Content-Type": "text/csv", "Accept": "text/csv"})
+
+
+def send_big_batches_until_each_declined(url: str, tmp: Path, workers: list[int], body: bytes) -> list[bytes]:
+    """Big batches from 4 threads until each worker has logged that its lean walk left one to the
+    library (EstimatorModel logs it once per worker, with the worker's pid): the library, which
+    is what an inherited OpenMP pool would hang, has answered in every worker. The answers."""
+    answers: list[bytes] = []
+    deadline = time.monotonic() + 30
+    with ThreadPoolExecutor(4) as pool:
+        while not all(_declined_in(tmp, pid) for pid in workers):
+            assert time.monotonic() < deadline, f"the library never answered in some of the workers {workers}"
+            for response in pool.map(lambda _: post(url, body), range(4)):  # raises ReadTimeout on a hang
+                assert response.status_code == 200, response.text
+                answers.append(response.content)
+    return answers
+
+
+def _declined_in(tmp: Path, pid: int) -> bool:
+    pattern = rf"\[{pid}\] sagehost\.models: The lean path left a batch of {BIG_BATCH} row\(s\)"
+    return re.search(pattern, server_logs(tmp)) is not None
+
+
+@pytest.mark.parametrize("name", list(OPENMP_MODELS))
+def test_openmp_models_are_loaded_once_and_answer_in_every_worker(
+    name: str, openmp_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """With one OpenMP thread per worker the parent loads the model, the lean walk's proof and the
+    warm-up run the library in it, and the workers share its pages. Each worker then answers
+    one-row requests (the lean walk) and 5,000-row batches (the library itself, on a thread a
+    worker starts after the fork), each within REQUEST_TIMEOUT_S: a worker that had inherited an
+    OpenMP pool would hang there (test_a_worker_forked_after_a_parallel_openmp_call_hangs)."""
+    model_dir = openmp_dirs[name]
+    (tmp_path / "one").mkdir()
+    one = served_memory(model_dir, tmp_path / "one", 1, env=ONE_THREAD)
+    body, rows = big_batch()
+    with running(model_dir, tmp_path, {"SAGEHOST_WORKERS": "2", **ONE_THREAD}) as server:
+        workers = wait_for_workers(server.process.pid, 2)
+        send_until_each_served(server.url, workers)
+        two = memory_of(server.process.pid, workers)  # as `one`: after one-row requests (and bench/run.py --memory)
+        answers = send_big_batches_until_each_declined(server.url, tmp_path, workers, body)
+    log = server_logs(tmp_path)
+    assert "runs one thread per worker: it is loaded once, before forking" in log
+    assert "Loading the model left" not in log  # the parent started no thread: the fall-back did not happen
+    expected = joblib.load(model_dir / "model.joblib").predict_proba(rows)
+    for answer in answers:
+        got = np.loadtxt(answer.decode().splitlines(), delimiter=",")
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    print(f"{name}: 1 worker {one}, 2 workers {two}: anonymous {two.anon_mb / one.anon_mb:.2f}x")
+    assert two.anon_mb <= MAX_RATIO * one.anon_mb, (one, two)
+
+
+HANG = """
+import os, signal, sys, threading
+import numpy as np, lightgbm as lgb
+
+parent_threads, child_threads, on_new_thread = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "thread"
+rng = np.random.default_rng(0)
+x = rng.normal(size=(5000, 4))
+booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1}, lgb.Dataset(x, x[:, 0] > 0), 20)
+booster.predict(x, num_threads=parent_threads)
+print(len(os.listdir("/proc/self/task")))  # the parent's threads when it forks
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)  # a hang ends here, by SIGALRM
+    call = threading.Thread(target=booster.predict, args=(x,), kwargs={"num_threads": child_threads})
+    call.run() if not on_new_thread else (call.start(), call.join())
+    os._exit(0)
+print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def forked_predict(parent_threads: int, child_threads: int, on_new_thread: bool = False) -> tuple[int, int]:
+    """The parent's thread count at fork, and the child's exit code (-SIGALRM: it hung)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "1"}
+    where = "thread" if on_new_thread else "main"
+    run = subprocess.run(
+        [sys.executable, "-c", HANG, str(parent_threads), str(child_threads), where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    threads, code = run.stdout.split()
+    return int(threads), int(code)
+
+
+def test_a_worker_forked_after_a_parallel_openmp_call_hangs() -> None:
+    """Why OpenMP models are only loaded before the fork when they run one thread: a LightGBM
+    predict on two threads in the parent starts libgomp's pool (one more thread), and a child
+    forked after it hangs on its own two-thread predict on the thread that started the pool (the
+    pool's threads were not forked). A worker runs cheap calls inline on its main thread (the
+    event loop's: predictor.InThread), so a preloaded model must not have run one there. A thread
+    the child starts gets a pool of its own. A parent that predicted on one thread started no
+    pool, and its child's predicts run; so do a child's one-thread predicts after a parent's pool
+    (what the workers run when the parent's check falls back to loading after the fork)."""
+    assert forked_predict(2, 2) == (2, -signal.SIGALRM)
+    assert forked_predict(2, 2, on_new_thread=True) == (2, 0)
+    assert forked_predict(1, 2) == (1, 0)
+    assert forked_predict(2, 1) == (2, 0)
