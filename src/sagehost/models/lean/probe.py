@@ -27,6 +27,11 @@ log = logging.getLogger("sagehost.models")
 
 _TYPICAL_ROWS = 64
 _SINGLE_EDGES = 120
+# Each single row is a library call over the model's whole width (~150 ms for 300 columns): past
+# 50 columns fewer are sampled (a 300-column pipeline took ~15 s to load with 120), and one row per
+# edge value, set in every column of its kind at once, still tries every column with every edge.
+_SINGLE_CELLS = 6_000
+_FEWEST_SINGLE = 24
 _TEXT_EDGES: tuple[Any, ...] = (None, "\u2400 never seen", "", "7")
 # CSV can carry "inf": schema makes it a float infinity, which JSON cannot carry.
 _NUMBER_EDGES = (float("nan"), 0.0, -0.0, 1e300, -1e300, 1e-300, 1e15, -7.0, float("inf"), float("-inf"))
@@ -48,7 +53,8 @@ def agrees(
         (typical, True, every),
         ([*edges, *typical[:8]], False, every),
         *(([row], True, one) for row in typical[:3]),
-        *(([row], False, one) for row in _some(edges, rng)),
+        *(([row], False, one) for row in _every_column_edges(lean.layout, typical[0])),
+        *(([row], False, one) for row in _some(edges, rng, len(lean.layout))),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "unknown categories ... encoded as all zeros"
@@ -76,12 +82,26 @@ def _dense_before_final(pipeline: Any, frame: Any) -> bool:
     return not sparse.issparse(matrix)
 
 
-def _some(rows: list[list[Any]], rng: np.random.Generator) -> list[list[Any]]:
+def _some(rows: list[list[Any]], rng: np.random.Generator, width: int) -> list[list[Any]]:
     """Edge rows to try one at a time: all of them for a model of a few dozen columns, a sample
     for a wide one (each costs a library call at load; the batch of all edges costs one)."""
-    if len(rows) <= _SINGLE_EDGES:
+    count = max(_FEWEST_SINGLE, min(_SINGLE_EDGES, _SINGLE_CELLS // max(width, 1)))
+    if len(rows) <= count:
         return rows
-    return [rows[i] for i in sorted(rng.choice(len(rows), _SINGLE_EDGES, replace=False))]
+    return [rows[i] for i in sorted(rng.choice(len(rows), count, replace=False))]
+
+
+def _every_column_edges(layout: Layout, base: list[Any]) -> list[list[Any]]:
+    """One row per edge value, that value in every column of its kind (the others as in `base`)."""
+    rows = []
+    for kind, values in ((Kind.TEXT, _TEXT_EDGES), (Kind.NUMBER, _NUMBER_EDGES)):
+        at = [i for i, column in enumerate(layout) if column.kind is kind]
+        for edge in values if at else ():
+            row = list(base)
+            for i in at:
+                row[i] = edge
+            rows.append(row)
+    return rows
 
 
 def _pool(kind: Kind, hinted: list[Any]) -> list[Any]:
