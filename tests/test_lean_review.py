@@ -228,5 +228,5 @@ def test_the_proof_of_a_wide_pipeline_makes_few_library_calls() -> None:
     assert model.uses_fast_path
     single = sum(1 for n in calls if n == 1)
     assert 24 <= single <= 50, calls
-    row = [{str(k): v for k, v in frame.iloc[0].items()}]
+    row = [{str(k): v.item() if isinstance(v, np.generic) else v for k, v in frame.iloc[0].items()}]
     np.testing.assert_allclose(model.predict(conformed(row, model), "predict_proba"), library(frame.iloc[:1]))
