@@ -1,7 +1,8 @@
 """Forked workers share the model's pages (issue 17): real `sagehost serve` processes with 1 and
 2 workers, measured by PSS once every worker has served requests, on a forest of tens of MB
-(loaded before the fork) and on a boosted model (loaded by each worker, its libraries imported
-before the fork); and the warm-up leaves a worker's first request nothing to import.
+(loaded before the fork) and on a boosted model run by more than one OpenMP thread per worker
+(loaded by each worker, its libraries imported before the fork); and the warm-up leaves a
+worker's first request nothing to import.
 
 PSS charges each page to the processes mapping it in equal parts, so summed over the supervisor
 and its workers it is the memory the server takes (RSS would count a shared page in each).
@@ -11,7 +12,8 @@ PSS moves with every other process on the machine mapping the same files (bench/
 https://docs.kernel.org/filesystems/proc.html (smaps_rollup)
 
 Models whose runtime is OpenMP (XGBoost, LightGBM, HistGradientBoosting) are shared too when
-each worker runs them on one thread (OMP_NUM_THREADS=1): the last tests show why only then.
+each worker runs them on one thread (OMP_NUM_THREADS=1, the default with as many workers as
+cores), once the parent has shown it started no thread; the last test shows why only then.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def forest_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def boosted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model whose runtime (OpenMP) does not survive a fork: each worker loads its own."""
+    """A model whose runtime (OpenMP) does not survive a fork once it has run more than one thread:
+    with OMP_NUM_THREADS=2 each worker loads its own."""
     x, y = make_classification(n_samples=2000, n_features=4, n_informative=3, n_redundant=0, random_state=0)
     model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=0).fit(x, y)
     out = tmp_path_factory.mktemp("hgb")
@@ -268,53 +271,115 @@ def post(url: str, body: bytes) -> httpx.Response:
         return client.post("/invocations", content=body, headers={"Content-Type": "text/csv", "Accept": "text/csv"})
 
 
-def send_big_batches_until_each_declined(url: str, tmp: Path, workers: list[int], body: bytes) -> list[bytes]:
-    """Big batches from 4 threads until each worker has logged that its lean walk left one to the
-    library (EstimatorModel logs it once per worker, with the worker's pid): the library, which
-    is what an inherited OpenMP pool would hang, has answered in every worker. The answers."""
+def send_big_batches_to_each(url: str, workers: list[int], body: bytes) -> list[bytes]:
+    """Big batches on fresh connections from 4 threads until each worker has read at least one
+    (its bytes read, /proc/PID/io rchar, grew by a body's length), each answered within
+    REQUEST_TIMEOUT_S (httpx raises ReadTimeout on a hang). The answers."""
     answers: list[bytes] = []
+    before = {pid: read_bytes(pid) for pid in workers}
     deadline = time.monotonic() + 30
     with ThreadPoolExecutor(4) as pool:
-        while not all(_declined_in(tmp, pid) for pid in workers):
-            assert time.monotonic() < deadline, f"the library never answered in some of the workers {workers}"
-            for response in pool.map(lambda _: post(url, body), range(4)):  # raises ReadTimeout on a hang
+        while not all(read_bytes(pid) >= before[pid] + len(body) for pid in workers):
+            assert time.monotonic() < deadline, f"some of the workers {workers} never got a big batch"
+            for response in pool.map(lambda _: post(url, body), range(4)):
                 assert response.status_code == 200, response.text
                 answers.append(response.content)
     return answers
 
 
-def _declined_in(tmp: Path, pid: int) -> bool:
+def read_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
+def declined_in(tmp: Path, pid: int) -> bool:
+    """Whether worker `pid` logged that its lean walk left a big batch to the library
+    (EstimatorModel logs it once per process, with the pid)."""
     pattern = rf"\[{pid}\] sagehost\.models: The lean path left a batch of {BIG_BATCH} row\(s\)"
     return re.search(pattern, server_logs(tmp)) is not None
+
+
+def serve_shared(
+    model_dir: Path, tmp: Path, env: Mapping[str, str] | None = None, booster: bool = False
+) -> tuple[Memory, list[bytes]]:
+    """2 workers with one OpenMP thread each: their PSS after one-row requests (the lean walk, as
+    bench/run.py --memory measures), then the answers to big batches (the library's) from each.
+    A `booster` (models/boosters.py) hands a big batch to its library without a log line."""
+    body, _ = big_batch()
+    with running(model_dir, tmp, {"SAGEHOST_WORKERS": "2", **ONE_THREAD, **(env or {})}) as server:
+        workers = wait_for_workers(server.process.pid, 2)
+        send_until_each_served(server.url, workers)
+        memory = memory_of(server.process.pid, workers)
+        answers = send_big_batches_to_each(server.url, workers, body)
+        for pid in workers:
+            assert booster or declined_in(tmp, pid), f"the library never answered in worker {pid}"
+    return memory, answers
+
+
+def assert_answers(answers: list[bytes], expected: Any) -> None:
+    for answer in answers:
+        got = np.loadtxt(answer.decode().splitlines(), delimiter=",")
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+LOADED_ONCE = "runs one thread per worker: it is loaded once, before forking"
+FELL_BACK = "Loading the model left"
 
 
 @pytest.mark.parametrize("name", list(OPENMP_MODELS))
 def test_openmp_models_are_loaded_once_and_answer_in_every_worker(
     name: str, openmp_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """With one OpenMP thread per worker the parent loads the model, the lean walk's proof and the
-    warm-up run the library in it, and the workers share its pages. Each worker then answers
-    one-row requests (the lean walk) and 5,000-row batches (the library itself, on a thread a
-    worker starts after the fork), each within REQUEST_TIMEOUT_S: a worker that had inherited an
-    OpenMP pool would hang there (test_a_worker_forked_after_a_parallel_openmp_call_hangs)."""
+    """With one OpenMP thread per worker the parent loads the model (the lean walk's proof and the
+    warm-up run the library in it) and the workers share its pages. Each worker then answers
+    one-row requests (the lean walk, inline on its main thread) and 5,000-row batches (the library
+    itself, on its model thread), each within REQUEST_TIMEOUT_S, equal to the library's."""
     model_dir = openmp_dirs[name]
     (tmp_path / "one").mkdir()
     one = served_memory(model_dir, tmp_path / "one", 1, env=ONE_THREAD)
-    body, rows = big_batch()
-    with running(model_dir, tmp_path, {"SAGEHOST_WORKERS": "2", **ONE_THREAD}) as server:
-        workers = wait_for_workers(server.process.pid, 2)
-        send_until_each_served(server.url, workers)
-        two = memory_of(server.process.pid, workers)  # as `one`: after one-row requests (and bench/run.py --memory)
-        answers = send_big_batches_until_each_declined(server.url, tmp_path, workers, body)
+    two, answers = serve_shared(model_dir, tmp_path)
     log = server_logs(tmp_path)
-    assert "runs one thread per worker: it is loaded once, before forking" in log
-    assert "Loading the model left" not in log  # the parent started no thread: the fall-back did not happen
-    expected = joblib.load(model_dir / "model.joblib").predict_proba(rows)
-    for answer in answers:
-        got = np.loadtxt(answer.decode().splitlines(), delimiter=",")
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert LOADED_ONCE in log
+    assert FELL_BACK not in log  # the parent started no thread
+    assert_answers(answers, joblib.load(model_dir / "model.joblib").predict_proba(big_batch()[1]))
     print(f"{name}: 1 worker {one}, 2 workers {two}: anonymous {two.anon_mb / one.anon_mb:.2f}x")
     assert two.anon_mb <= MAX_RATIO * one.anon_mb, (one, two)
+
+
+@pytest.mark.parametrize("library", ["xgboost", "lightgbm"])
+def test_native_booster_files_are_loaded_once(library: str, tmp_path: Path) -> None:
+    """XGBoost's JSON and LightGBM's text files are Boosters (models/boosters.py), shared the same way."""
+    x, y = make_classification(n_samples=2000, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    if library == "xgboost":
+        booster = _xgbc(x, y).get_booster()
+        booster.save_model(str(model_dir / "model.json"))
+    else:
+        booster = _lgbmc(x, y).booster_
+        booster.save_model(str(model_dir / "model.txt"))
+    _, answers = serve_shared(model_dir, tmp_path, booster=True)
+    log = server_logs(tmp_path)
+    assert LOADED_ONCE in log
+    assert FELL_BACK not in log
+    rows = big_batch()[1]
+    expected = booster.inplace_predict(rows) if library == "xgboost" else booster.predict(rows)
+    assert_answers(answers, np.column_stack([1 - expected, expected]))
+
+
+def test_a_parent_left_with_threads_falls_back_to_loading_after_the_fork(
+    openmp_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """The runtime check: with OPENBLAS_NUM_THREADS=2, numpy's OpenBLAS starts a thread as it is
+    imported, so the parent has two threads after loading; it says so, drops its copy, and each
+    worker loads its own (and answers, single-threaded, though forked from a parent with threads)."""
+    _, answers = serve_shared(openmp_dirs["lgbmc"], tmp_path, {"OPENBLAS_NUM_THREADS": "2"})
+    log = server_logs(tmp_path)
+    assert LOADED_ONCE in log
+    assert FELL_BACK in log
+    assert_answers(answers, joblib.load(openmp_dirs["lgbmc"] / "model.joblib").predict_proba(big_batch()[1]))
 
 
 HANG = """
