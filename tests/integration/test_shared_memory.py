@@ -431,3 +431,33 @@ def test_a_worker_forked_after_a_parallel_openmp_call_hangs() -> None:
     assert forked_predict(2, 2, on_new_thread=True) == (2, 0)
     assert forked_predict(1, 2) == (1, 0)
     assert forked_predict(2, 1) == (2, 0)
+
+
+def test_which_pickles_are_openmp_only(openmp_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Told from the pickle's module names without unpickling it: the three OpenMP runtimes are
+    candidates for the single-threaded preload, a nearest-neighbours model (threads of its own
+    kind, not covered) and a compressed pickle (unreadable) are not."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from sagehost.models import sklearn as sklearn_format
+
+    x, y = make_classification(n_samples=100, n_features=4, random_state=0)
+    joblib.dump(KNeighborsClassifier().fit(x, y), tmp_path / "knn.joblib")
+    joblib.dump(joblib.load(openmp_dirs["lgbmc"] / "model.joblib"), tmp_path / "small.joblib", compress=3)
+    for name, model_dir in openmp_dirs.items():
+        path = model_dir / "model.joblib"
+        assert sklearn_format.openmp_only(path) and not sklearn_format.fork_safe(path), name
+    assert not sklearn_format.openmp_only(tmp_path / "knn.joblib")
+    assert not sklearn_format.openmp_only(tmp_path / "small.joblib")
+
+
+def test_xgboost_and_lightgbm_get_at_most_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sagehost.models.extras import threads_per_worker
+    from sagehost.models.sklearn import library_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert library_threads(1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert library_threads(1) == threads_per_worker(1)  # the share of the cores, never more
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert library_threads(1) == threads_per_worker(1)
