@@ -23,7 +23,9 @@ def load(path: Path, settings: Settings) -> Model:
         booster = lgb.Booster(model_file=str(path))
     except lgb.basic.LightGBMError as exc:
         raise ModelLoadError(f"LightGBM could not load {path.name}: {str(exc)[:300]}") from None
-    return boosters.lightgbm(booster, path.name, sklearn.library_threads(settings.workers), fast_path=settings.fast_path)
+    return boosters.lightgbm(
+        booster, path.name, sklearn.library_threads(settings.workers), fast_path=settings.fast_path
+    )
 
 
 def openmp_only(path: Path) -> bool:
