@@ -230,3 +230,24 @@ def test_the_proof_of_a_wide_pipeline_makes_few_library_calls() -> None:
     assert 24 <= single <= 50, calls
     row = [{str(k): v.item() if isinstance(v, np.generic) else v for k, v in frame.iloc[0].items()}]
     np.testing.assert_allclose(model.predict(conformed(row, model), "predict_proba"), library(frame.iloc[:1]))
+
+
+# HistGradientBoosting parts NaN from every number with a split at +inf. The probe rows spread
+# each feature from its smallest split - 1 to its largest + 1: uniform(low, inf) raised
+# OverflowError, and a model trained with missing values lost its lean path at load.
+def test_histgradientboosting_with_a_split_at_infinity_keeps_its_lean_path() -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 2))
+    x[rng.random(400) < 0.3, 0] = np.nan
+    y = np.where(np.isnan(x[:, 0]), "missing", np.where(x[:, 1] > 0, "up", "down"))
+    hgb = HistGradientBoostingClassifier(max_iter=5).fit(x, y)
+    assert any(np.isinf(p.nodes["num_threshold"]).any() for iteration in hgb._predictors for p in iteration)
+    model = EstimatorModel(hgb, "hgb")
+    assert model.uses_fast_path
+    rows = np.array([[np.nan, 1.0], [np.inf, -1.0], [0.5, 0.5], [-np.inf, np.nan]])
+    np.testing.assert_array_equal(model.predict(Rows(rows), "predict"), hgb.predict(rows))
+    np.testing.assert_allclose(model.predict(Rows(rows), "predict_proba"), hgb.predict_proba(rows), rtol=1e-9)
+    np.testing.assert_allclose(model.predict(Rows(rows), "decision_function"), hgb.decision_function(rows), rtol=1e-9)
+    assert model.declined == 0

@@ -128,8 +128,10 @@ class FlatTrees:
         on_split: list[Array] = []
         for f in range(width):
             used = self.threshold[(self.feature == f) & self.internal]
-            if used.size:
-                low[f], high[f] = used.min() - 1, used.max() + 1
+            # HistGradientBoosting parts NaN from all numbers at inf, LightGBM at 1e300
+            finite = used[np.abs(used) < 1e300]
+            if finite.size:
+                low[f], high[f] = finite.min() - 1, finite.max() + 1
             with np.errstate(over="ignore"):  # a split past float32's range (LightGBM's 1e300): inf
                 as32 = used.astype(np.float32)
             near = np.concatenate([used, as32, np.nextafter(as32, np.float32(np.inf))]) if used.size else np.zeros(1)
