@@ -251,3 +251,16 @@ def test_histgradientboosting_with_a_split_at_infinity_keeps_its_lean_path() -> 
     np.testing.assert_allclose(model.predict(Rows(rows), "predict_proba"), hgb.predict_proba(rows), rtol=1e-9)
     np.testing.assert_allclose(model.predict(Rows(rows), "decision_function"), hgb.decision_function(rows), rtol=1e-9)
     assert model.declined == 0
+
+
+# An XGBoost binary:logistic Booster trained on labels all 0 has base_score 0: its margin,
+# -log(1/0 - 1), raised ZeroDivisionError while the lean path was built, and the model failed
+# to load at all. The library serves it.
+def test_an_xgboost_booster_with_base_score_zero_loads() -> None:
+    xgboost = pytest.importorskip("xgboost")
+    from sagehost.models import boosters
+
+    x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    booster = xgboost.train({"objective": "binary:logistic"}, xgboost.DMatrix(x, label=np.zeros(100)), 3)
+    model = boosters.xgboost(booster, "zeros", 1)
+    np.testing.assert_array_equal(model.predict(Rows(x[:5]), "predict"), booster.inplace_predict(x[:5]))

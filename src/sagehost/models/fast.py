@@ -159,7 +159,7 @@ def built(builder: Callable[[Any], FastPath | None], model: Any) -> FastPath | N
     """`builder(model)`, or None for a model whose shape the builder does not read (logged)."""
     try:
         return builder(model)
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, ArithmeticError) as exc:
         log.info("No lean path for %s: %s: %s", type(model).__name__, type(exc).__name__, exc)
         return None
 
