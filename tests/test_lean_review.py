@@ -98,18 +98,29 @@ def conformed(records: list[dict[str, Any]], model: EstimatorModel) -> Rows:
 # One encoder over a text column and an integer column (a DataFrame's str and int64 columns):
 # every column of the part was typed text, so a JSON 20 reached the encoder as "20", which no
 # integer category matches: unknown, all zeros, on the lean path and the library path alike,
-# where scikit-learn given the same records answers with the category's column.
-@pytest.mark.parametrize(
-    "encoder",
-    [OneHotEncoder(handle_unknown="ignore"), OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)],
-)
-def test_an_integer_column_encoded_beside_a_text_column_matches_as_a_number(encoder: Any) -> None:
+# where scikit-learn given the same records answers with the category's column. Behind an
+# imputer the integer categories are an object array, typed text too; and a nested
+# ColumnTransformer's text columns were typed numbers, so every request was refused.
+def _parts(kind: str) -> Any:
+    from sklearn.impute import SimpleImputer
+
+    ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    return {
+        "one-hot": OneHotEncoder(handle_unknown="ignore"),
+        "ordinal": ordinal,
+        "imputed": make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
+        "nested": ColumnTransformer([("inner", OneHotEncoder(handle_unknown="ignore"), [0, 1])]),
+    }[kind]
+
+
+@pytest.mark.parametrize("kind", ["one-hot", "ordinal", "imputed", "nested"])
+def test_an_integer_column_encoded_beside_a_text_column_matches_as_a_number(kind: str) -> None:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
         {"city": rng.choice(["a", "b", "c"], 200), "zip": rng.choice([10, 20, 30], 200), "x": rng.normal(size=200)}
     )
     target = ((frame["zip"] == 20) | (frame["city"] == "a")).to_numpy().astype(int)
-    parts = ColumnTransformer([("codes", encoder, ["city", "zip"]), ("scaled", StandardScaler(), ["x"])])
+    parts = ColumnTransformer([("codes", _parts(kind), ["city", "zip"]), ("scaled", StandardScaler(), ["x"])])
     pipeline = make_pipeline(parts, LogisticRegression()).fit(frame, target)
     records = [
         {"city": "b", "zip": 20, "x": 0.1},
@@ -119,10 +130,10 @@ def test_an_integer_column_encoded_beside_a_text_column_matches_as_a_number(enco
     expected = pipeline.predict_proba(pd.DataFrame(records))  # scikit-learn on the user's records
     for fast_path in (True, False):
         model = EstimatorModel(pipeline, "mixed", fast_path=fast_path)
-        assert model.uses_fast_path is fast_path
         for batch in (records, records[:1]):
             answer = model.predict(conformed(batch, model), "predict_proba")
             np.testing.assert_allclose(answer, expected[: len(batch)], rtol=1e-9)
+    assert EstimatorModel(pipeline, "mixed").uses_fast_path is (kind != "imputed")  # text and numbers imputed together
 
 
 # LightGBM reads an input past ±1e300 (and infinity) as ±1e300 (Common::AvoidInf). A split that

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -111,40 +112,63 @@ def describe(estimator: Any, description: str) -> ModelSpec:
 def column_kinds(
     estimator: Any, names: tuple[str, ...] | None, n_features: int | None
 ) -> tuple[ColumnKind, ...] | None:
-    """Which input columns hold text, read from the fitted encoders that consume them."""
+    """Which input columns hold text, read from the fitted encoders that consume them, column by
+    column: an integer column encoded beside a text one keeps its numbers (as "20" it would
+    match no category 20), and text reached through nested ColumnTransformers and imputers is
+    still text (typed a number, every request would be refused)."""
     if n_features is None:
         return None
-    text: set[int] = set()
-    first = _first_step(estimator)
-    if _encodes_text(first) and len(getattr(first, "categories_", ())) == n_features:
-        text = {i for i, cats in enumerate(first.categories_) if _is_text(cats)}
-    for transformer, columns in _column_transformers(first):
-        indices = _column_indices(columns, names, n_features)
-        per_column = _text_columns(transformer)
-        if per_column is not None and len(per_column) == len(indices):
-            # Each column as its own categories say: an integer column encoded beside a text
-            # one keeps its numbers (as "20" it would match no category 20).
-            text.update(i for i, is_text in zip(indices, per_column, strict=True) if is_text)
-        elif _encodes_text(transformer):
-            text.update(indices)
+    text = _text_inputs(estimator, n_features, names)
     if not text:
         return None
     return tuple(ColumnKind.TEXT if i in text else ColumnKind.NUMBER for i in range(n_features))
 
 
-def _first_step(estimator: Any) -> Any:
-    steps = getattr(estimator, "steps", None)
-    while steps:
-        estimator = steps[0][1]
-        steps = getattr(estimator, "steps", None)
-    return estimator
+def _text_inputs(step: Any, width: int, names: tuple[str, ...] | None) -> set[int] | None:
+    """Which of a fitted step's `width` input columns its encoders read as text; None for a step
+    that says nothing about its columns (a scaler, a model, a step of its own)."""
+    categories = getattr(step, "categories_", None)
+    if categories is not None:
+        return {i for i, cats in enumerate(categories) if _is_text(cats)} if len(categories) == width else None
+    if getattr(step, "transformers_", None) is not None:
+        return _text_by_part(step, width, names)
+    for _, inner in getattr(step, "steps", None) or []:
+        # A Pipeline's columns reach its first step that changes them as they came in.
+        if inner is None or (isinstance(inner, str) and inner == "passthrough") or _keeps_columns(inner):
+            continue
+        return _text_inputs(inner, width, None)
+    return None
 
 
-def _column_transformers(step: Any) -> list[tuple[Any, Any]]:
-    fitted = getattr(step, "transformers_", None)
-    if not fitted:
-        return []
-    return [(t, cols) for _, t, cols in fitted if not isinstance(t, str)]
+def _text_by_part(transformer: Any, width: int, names: tuple[str, ...] | None) -> set[int]:
+    """A ColumnTransformer's text columns: each part's own, through the fitted index lists."""
+    fitted_indices = getattr(transformer, "_transformer_to_input_indices", None) or {}
+    text: set[int] = set()
+    for name, part, columns in transformer.transformers_:
+        if isinstance(part, str):
+            continue
+        indices = list(fitted_indices.get(name, _column_indices(columns, names, width)))
+        inner = _text_inputs(part, len(indices), None)
+        if inner is not None:
+            text.update(indices[i] for i in inner)
+        elif _encodes_text(part):  # the columns are not told apart: all of them, as any is text
+            text.update(indices)
+    return text
+
+
+def _keeps_columns(step: Any) -> bool:
+    """A step whose output columns are its input columns, in order (values aside)."""
+    kind = type(step).__name__
+    if kind == "FunctionTransformer":
+        return step.func is None
+    if kind == "SimpleImputer" and not step.add_indicator:
+        # A column all missing at fit is dropped, unless kept.
+        return bool(step.keep_empty_features) or not any(map(_is_nan, step.statistics_.tolist()))
+    return False
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _encodes_text(transformer: Any) -> bool:
@@ -154,21 +178,12 @@ def _encodes_text(transformer: Any) -> bool:
     return any(_encodes_text(step) for _, step in getattr(transformer, "steps", []) or [])
 
 
-def _text_columns(transformer: Any) -> list[bool] | None:
-    """Per input column of a ColumnTransformer part, whether its encoder's categories are text;
-    None where that is not known column by column (no encoder, or a step before it that may
-    change the columns)."""
-    categories = getattr(transformer, "categories_", None)
-    if categories is not None:
-        return [_is_text(c) for c in categories]
-    steps = getattr(transformer, "steps", None) or []
-    if steps and hasattr(steps[0][1], "categories_"):
-        return _text_columns(steps[0][1])
-    return None
-
-
 def _is_text(categories: Any) -> bool:
-    return isinstance(categories, np.ndarray) and categories.dtype.kind in "OUST"
+    """Categories of strings; an object array of numbers (a column imputed beside a text one) is
+    not: a JSON 20 must reach it as the number it matches."""
+    if not isinstance(categories, np.ndarray) or categories.dtype.kind not in "OUST":
+        return False
+    return categories.dtype.kind != "O" or any(isinstance(c, str) for c in categories.tolist())
 
 
 def _column_indices(columns: Any, names: tuple[str, ...] | None, n_features: int) -> list[int]:
