@@ -1,9 +1,11 @@
 """The classic SageMaker bring-your-own recipe, as AWS's scikit_bring_your_own example runs it.
 
-nginx (port) -> gunicorn (gevent workers, unix socket) -> this Flask app, which parses the body
-with pandas (a CSV body with `read_csv`, a JSON record or list of records into a DataFrame of
-named columns, as a pipeline of named columns needs) and calls the model once per request.
-`CLASSIC_METHOD` (default predict) names the model's method, as such apps hard-code it.
+nginx (port) -> gunicorn (gevent workers, unix socket) -> this Flask app, which parses the CSV
+body with pandas (`read_csv`) and calls the model once per request; any other content type is
+415, as in AWS's example. Two additions a user of that recipe would write, off unless asked for:
+`CLASSIC_METHOD` (default predict) names the model's method, as such apps hard-code it, and
+`CLASSIC_JSON=1` also takes a JSON record or list of records into a DataFrame of named columns,
+as a pipeline of named columns needs (bench/run.py's fraud model).
 Written here in that shape to measure against; it is not part of sagehost.
 """
 
@@ -29,7 +31,7 @@ def ping() -> flask.Response:
 
 @app.route("/invocations", methods=["POST"])
 def invocations() -> flask.Response:
-    if flask.request.content_type == "application/json":
+    if flask.request.content_type == "application/json" and os.environ.get("CLASSIC_JSON") == "1":
         record = json.loads(flask.request.data)
         predictions = method(pd.DataFrame(record if isinstance(record, list) else [record]))
         return flask.Response(response=json.dumps(predictions.tolist()), status=200, mimetype="application/json")

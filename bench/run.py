@@ -318,7 +318,13 @@ def start_classic(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[by
         "classic_recipe:app",
     ]
     # One OpenMP thread per worker, as issue 17's measurement ran it: gevent workers on 2 cores.
-    env = {**os.environ, "MODEL_DIR": str(model_dir), "CLASSIC_METHOD": METHOD, "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(model_dir),
+        "CLASSIC_METHOD": METHOD,
+        "CLASSIC_JSON": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     procs = [spawn(gunicorn, env, work / "gunicorn.log")]
     conf = work / f"nginx-{port}.conf"
     conf.write_text(NGINX_CONF.format(port=port, sock=sock, work=work))

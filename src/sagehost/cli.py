@@ -439,7 +439,8 @@ def local_transform(
 
     if options.get("url") is None and (image is None) == (not no_container):
         raise click.UsageError(
-            "Give an IMAGE, --no-container to run `sagehost serve` directly, or --url of a server already running."
+            "Give an IMAGE, or --no-container to run `sagehost serve` directly (not both), "
+            "or --url of a server already running."
         )
     request = TransformRequest(
         None if no_container else image,

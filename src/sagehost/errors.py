@@ -49,7 +49,8 @@ StartupError                     (not HTTP: the process exits with its paragraph
 ```
 
 Classes defined beside the code that raises them are drawn with their module; a private
-exception that never leaves its module (a parser's signal to stop) is not part of the tree.
+exception that never leaves its module or package (a parser's signal to stop; `models/lean`'s
+`_Uncovered`, caught where a lean path is compiled) is not part of the tree.
 tests/test_errors.py holds this drawing to the code.
 
 Messages are written for a person to act on. They never carry the request's data or a

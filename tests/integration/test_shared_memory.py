@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -418,19 +417,19 @@ def forked_predict(parent_threads: int, child_threads: int, on_new_thread: bool 
     return int(threads), int(code)
 
 
-def test_a_worker_forked_after_a_parallel_openmp_call_hangs() -> None:
+def test_a_worker_forked_after_one_thread_openmp_calls_predicts() -> None:
     """Why OpenMP models are only loaded before the fork when they run one thread: a LightGBM
     predict on two threads in the parent starts libgomp's pool (one more thread), and a child
-    forked after it hangs on its own two-thread predict on the thread that started the pool (the
-    pool's threads were not forked). A worker runs cheap calls inline on its main thread (the
-    event loop's: predictor.InThread), so a preloaded model must not have run one there. A thread
-    the child starts gets a pool of its own. A parent that predicted on one thread started no
-    pool, and its child's predicts run; so do a child's one-thread predicts after a parent's pool
-    (what the workers run when the parent's check falls back to loading after the fork)."""
-    assert forked_predict(2, 2) == (2, -signal.SIGALRM)
-    assert forked_predict(2, 2, on_new_thread=True) == (2, 0)
+    forked after it can hang on its own two-thread predict on the thread that started the pool
+    (the pool's threads were not forked). That hang showed in most runs here but not in every one
+    (a loaded machine let the child through), so it is not asserted; what the server relies on
+    is: a parent that predicted on one thread started no pool, and its child's two-thread
+    predicts run; so do a child's one-thread predicts after a parent's pool (what the workers run
+    when the parent's check falls back to loading after the fork), and a thread the child starts
+    gets a pool of its own."""
     assert forked_predict(1, 2) == (1, 0)
     assert forked_predict(2, 1) == (2, 0)
+    assert forked_predict(2, 2, on_new_thread=True) == (2, 0)
 
 
 def test_which_pickles_are_openmp_only(openmp_dirs: dict[str, Path], tmp_path: Path) -> None:

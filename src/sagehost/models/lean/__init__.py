@@ -21,7 +21,7 @@ import numpy as np
 
 from sagehost.models import fast
 from sagehost.models.lean.compose import Columns, Hints, Step, compile_chain
-from sagehost.models.lean.frame import Block, Column, Kind, Layout, Uncovered, from_values
+from sagehost.models.lean.frame import Block, Column, Kind, Layout, _Uncovered, from_values
 from sagehost.models.lean.probe import agrees
 from sagehost.predictor import ColumnKind, ModelSpec
 
@@ -196,9 +196,9 @@ def compile_pipeline(estimator: Any, spec: ModelSpec, features: Callable[[Any], 
     hints: Hints = {}
     try:
         if get_config().get("transform_output", "default") != "default":
-            raise Uncovered("sklearn.set_config(transform_output=...)")
+            raise _Uncovered("sklearn.set_config(transform_output=...)")
         lean = _build(estimator, spec, hints)
-    except Uncovered as why:
+    except _Uncovered as why:
         log.info("No lean path for %s: %s is not covered; scikit-learn serves it.", spec.description, why)
         return None
     if not agrees(lean, estimator, spec, features, hints):
@@ -210,18 +210,18 @@ def compile_pipeline(estimator: Any, spec: ModelSpec, features: Callable[[Any], 
 
 def _build(pipeline: Any, spec: ModelSpec, hints: Hints) -> LeanPipeline:
     if spec.n_features is None:
-        raise Uncovered("a model that does not say how many columns it reads")
+        raise _Uncovered("a model that does not say how many columns it reads")
     kinds = spec.kinds or (ColumnKind.NUMBER,) * spec.n_features
     layout: Layout = tuple(Column(Kind.TEXT if k is ColumnKind.TEXT else Kind.NUMBER, i) for i, k in enumerate(kinds))
     *steps, (_, final) = pipeline.steps
     transform, out = compile_chain([s for _, s in steps], layout, hints)
     if any(c.kind is not Kind.NUMBER for c in out):
-        raise Uncovered("text reaching the final estimator")
+        raise _Uncovered("text reaching the final estimator")
     path = fast.build_path(final)
     if path is None:
-        raise Uncovered(f"the final estimator {type(final).__name__}")
+        raise _Uncovered(f"the final estimator {type(final).__name__}")
     if int(getattr(final, "n_features_in_", len(out))) != len(out):
-        raise Uncovered("a final estimator of another width")
+        raise _Uncovered("a final estimator of another width")
     methods = frozenset(path.methods) & spec.methods
     # Without column names sagehost hands the library an object array, where None stays None;
     # with them a DataFrame, where pandas turns None into NaN in a column that holds text.

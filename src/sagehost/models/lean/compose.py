@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from sagehost.models.lean.encoders import REFUSED, OneHot, Ordinal
-from sagehost.models.lean.frame import Block, Kind, Layout, Selector, Uncovered, numbers_only
+from sagehost.models.lean.frame import Block, Kind, Layout, Selector, _Uncovered, numbers_only
 from sagehost.models.lean.numeric import Identity, Imputer, MinMax, Robust, Standard
 
 
@@ -45,7 +45,7 @@ def compile_transformer(step: Any, layout: Layout, hints: Hints) -> tuple[Step, 
         return columns, columns.layout
     maker = _makers().get(type(step))
     if maker is None:
-        raise Uncovered(type(step).__name__)
+        raise _Uncovered(type(step).__name__)
     compiled = maker(step, layout, hints)
     return compiled, compiled.layout
 
@@ -133,11 +133,11 @@ class Columns:
             if not indices:
                 continue
             if np.isscalar(columns):
-                raise Uncovered("a ColumnTransformer part that selects one column as a 1-D vector")
+                raise _Uncovered("a ColumnTransformer part that selects one column as a 1-D vector")
             select = Selector(layout, indices)
             run, part_layout = compile_transformer(step, select.layout, hints)
             if any(c.kind is not Kind.NUMBER for c in part_layout):
-                raise Uncovered("a ColumnTransformer part that outputs text")
+                raise _Uncovered("a ColumnTransformer part that outputs text")
             weight = weights.get(name)
             self.parts.append((select, run, None if weight is None else float(weight)))
             self.row_plan.append(RowPart(_getter(indices), run, None if weight is None else float(weight), len(out)))
@@ -245,10 +245,10 @@ def _check_plain_output(step: Any) -> None:
     """set_output(transform="pandas"/"polars") changes what the next step receives."""
     config = getattr(step, "_sklearn_output_config", None) or {}
     if config.get("transform", "default") != "default":
-        raise Uncovered(f"{type(step).__name__}.set_output(transform={config['transform']!r})")
+        raise _Uncovered(f"{type(step).__name__}.set_output(transform={config['transform']!r})")
 
 
 def _check_width(step: Any, layout: Layout) -> None:
     width = getattr(step, "n_features_in_", None)
     if width is not None and int(width) != len(layout):
-        raise Uncovered(f"{type(step).__name__} reads {width} columns where {len(layout)} arrive")
+        raise _Uncovered(f"{type(step).__name__} reads {width} columns where {len(layout)} arrive")

@@ -22,7 +22,7 @@ from sagehost.models.lean.frame import (
     Column,
     Kind,
     Layout,
-    Uncovered,
+    _Uncovered,
     is_nan,
     numbers_only,
     positions,
@@ -76,7 +76,7 @@ def _as_numbers(categories: Array) -> Array:
     if not numeric and categories.dtype.kind == "O":
         numeric = all(_is_number(c) for c in categories.tolist())
     if not numeric:
-        raise Uncovered("a number column's encoder holds non-numeric categories")
+        raise _Uncovered("a number column's encoder holds non-numeric categories")
     return categories.astype(np.float64)
 
 
@@ -87,7 +87,7 @@ def _is_number(value: Any) -> bool:
 def _check_dtype(encoder: Any) -> None:
     # Another output dtype would change what the next step computes in (float32 arithmetic).
     if np.dtype(encoder.dtype) != np.float64:
-        raise Uncovered(f"{type(encoder).__name__}(dtype={np.dtype(encoder.dtype)})")
+        raise _Uncovered(f"{type(encoder).__name__}(dtype={np.dtype(encoder.dtype)})")
 
 
 def _grouped(encoder: Any, i: int, raw: int) -> int:
@@ -109,7 +109,7 @@ class OneHot:
     def __init__(self, encoder: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
         _check_dtype(encoder)
         if encoder.handle_unknown not in ("error", "ignore", "infrequent_if_exist", "warn"):
-            raise Uncovered(f"OneHotEncoder(handle_unknown={encoder.handle_unknown!r})")
+            raise _Uncovered(f"OneHotEncoder(handle_unknown={encoder.handle_unknown!r})")
         self.width = int(sum(encoder._n_features_outs))
         offsets = np.cumsum([0, *encoder._n_features_outs])
         self.places = positions(layout)
@@ -192,7 +192,7 @@ class Ordinal:
     def __init__(self, encoder: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
         _check_dtype(encoder)
         if encoder.handle_unknown not in ("error", "use_encoded_value"):
-            raise Uncovered(f"OrdinalEncoder(handle_unknown={encoder.handle_unknown!r})")
+            raise _Uncovered(f"OrdinalEncoder(handle_unknown={encoder.handle_unknown!r})")
         missing = getattr(encoder, "_missing_indices", {}) or {}
         unknown = float(encoder.unknown_value) if encoder.handle_unknown == "use_encoded_value" else None
         self.places = positions(layout)
@@ -203,7 +203,7 @@ class Ordinal:
                 for raw in range(len(categories))
             ]
             if column.kind is Kind.NUMBER and unknown is None:
-                raise Uncovered("OrdinalEncoder(handle_unknown='error') on a number column")
+                raise _Uncovered("OrdinalEncoder(handle_unknown='error') on a number column")
             self.lookups.append(Lookup(column, categories, codes, unknown))
             if column.source is not None:
                 hints.setdefault(column.source, []).extend(categories.tolist())

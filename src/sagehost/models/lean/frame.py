@@ -63,7 +63,7 @@ def numbers_only(x: Array) -> Block:
     return Block(x, [])
 
 
-class Uncovered(Exception):
+class _Uncovered(Exception):
     """A step, or a setting of one, the lean path does not reproduce."""
 
 

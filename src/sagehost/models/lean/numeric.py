@@ -16,7 +16,7 @@ from sagehost.models.lean.frame import (
     Column,
     Kind,
     Layout,
-    Uncovered,
+    _Uncovered,
     is_nan,
     numbers_only,
     unbounded,
@@ -25,7 +25,7 @@ from sagehost.models.lean.frame import (
 
 def _numbers(layout: Layout, what: str) -> None:
     if any(c.kind is not Kind.NUMBER for c in layout):
-        raise Uncovered(f"{what} on a text column")
+        raise _Uncovered(f"{what} on a text column")
 
 
 class Standard:
@@ -105,7 +105,7 @@ class Identity:
 
     def __init__(self, transformer: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
         if transformer.func is not None or transformer.validate or transformer.kw_args:
-            raise Uncovered("FunctionTransformer with a function or validation")
+            raise _Uncovered("FunctionTransformer with a function or validation")
         self.layout = layout
 
     def __call__(self, block: Block) -> Block | None:
@@ -118,17 +118,17 @@ class Identity:
 class Imputer:
     def __init__(self, imputer: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
         if imputer.add_indicator:
-            raise Uncovered("SimpleImputer(add_indicator=True)")
+            raise _Uncovered("SimpleImputer(add_indicator=True)")
         kinds = {c.kind for c in layout}
         if len(kinds) != 1:
-            raise Uncovered("SimpleImputer over text and number columns together")
+            raise _Uncovered("SimpleImputer over text and number columns together")
         self.text = kinds == {Kind.TEXT}
         if imputer._fit_dtype.kind not in ("O" if self.text else "iuf"):
-            raise Uncovered(f"SimpleImputer fitted on {imputer._fit_dtype} data")
+            raise _Uncovered(f"SimpleImputer fitted on {imputer._fit_dtype} data")
         self.missing = imputer.missing_values
         self.nan_missing = is_nan(self.missing)
         if not self.text and not isinstance(self.missing, (int, float)):
-            raise Uncovered("SimpleImputer with a non-numeric missing_values on numbers")
+            raise _Uncovered("SimpleImputer with a non-numeric missing_values on numbers")
         statistics = imputer.statistics_
         keep = np.ones(len(statistics), dtype=bool)
         if not imputer.keep_empty_features:
