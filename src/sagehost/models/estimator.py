@@ -74,7 +74,7 @@ class EstimatorModel:
             self._declined += 1
             # Once at INFO, so a log shows the library took over; then DEBUG, so logs stay small.
             level = logging.INFO if self._declined == 1 else logging.DEBUG
-            log.log(level, "The lean path left a batch of %d row(s) (%s) to scikit-learn.", len(values), method)
+            log.log(level, "The lean path left a batch of %d row(s) (%s) to the library.", len(values), method)
         return answer
 
     def features(self, rows: Rows) -> Any:
