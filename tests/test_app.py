@@ -20,6 +20,7 @@ import pytest
 from sagehost.app import App, Message
 from sagehost.config import Settings
 from sagehost.models import Loaded
+from sagehost.multimodel.routes import Routes
 from sagehost.server import build_service, load_and_warm
 from sagehost.service import Service
 
@@ -79,8 +80,10 @@ async def client_of(app: App) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, load: Callable[[], Awaitable[Service]]) -> AsyncIterator[httpx.AsyncClient]:
-    app = App(settings, load)
+async def serving(
+    settings: Settings, load: Callable[[], Awaitable[Service]], models: Routes | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = App(settings, load, models)
     lifespan = Lifespan(app)
     await lifespan.begin()
     assert await lifespan.outcome() == "lifespan.startup.complete"

@@ -31,7 +31,7 @@ from sagehost.multimodel.routes import Routes
 from sagehost.multimodel.shared import Record, Shared
 from sagehost.server import build_service, load_and_warm
 from sagehost.service import Service
-from tests.test_app import Lifespan, client_of, error
+from tests.test_app import Lifespan, client_of, error, serving
 
 anyio = pytest.mark.anyio
 MIB = contract.MIB
@@ -111,15 +111,10 @@ async def multi_model(tmp: Path, budget_mib: float = 1 << 20) -> AsyncIterator[h
         await registry.start()
         return registry.home
 
-    app = App(registry.settings, load, Routes(registry))
-    lifespan = Lifespan(app)
-    await lifespan.begin()
-    assert await lifespan.outcome() == "lifespan.startup.complete"
     try:
-        async with client_of(app) as client:
+        async with serving(registry.settings, load, Routes(registry)) as client:
             yield client
     finally:
-        await lifespan.end()
         registry.close()
 
 
