@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run.py [--seconds 10] [--rounds 1] [--method predict_proba]
                                   [--models lr,rf,xgb,onnx,fraud,xgbc,lgbmc,hgbc]
-                                  [--stacks sagehost,uvicorn,granian,classic,mlflow,mlserver]
+                                  [--stacks sagehost,numpy-walk,uvicorn,granian,classic,mlflow,mlserver]
     .venv/bin/python bench/run.py --memory --models lr,rf,fraud   # summed PSS, 1 and 2 workers
 
 The models: a scikit-learn LogisticRegression and a 100-tree RandomForestClassifier, an XGBoost
@@ -202,6 +202,7 @@ PICKLED = {"lr", "rf", "fraud", "xgbc", "lgbmc", "hgbc"}
 # joblib files only; MLflow has an xgboost and an onnx flavor of its own.
 SERVES = {
     "sagehost": set(SAVERS),
+    "numpy-walk": {"rf", "xgbc", "lgbmc", "hgbc"},
     "uvicorn": set(SAVERS),
     "granian": set(SAVERS),
     "classic": PICKLED,
@@ -227,13 +228,21 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise RuntimeError(f"{url} never became ready")
 
 
-def start_sagehost(model_dir: Path, work: Path, workers: int = WORKERS) -> tuple[list[subprocess.Popen[bytes]], int]:
+def start_sagehost(
+    model_dir: Path, work: Path, workers: int = WORKERS, **env_extra: str
+) -> tuple[list[subprocess.Popen[bytes]], int]:
     port = free_port()
     cmd = [str(VENV_BIN / "sagehost"), "serve", "--model-dir", str(model_dir), "--port", str(port),
            "--host", "127.0.0.1"]  # fmt: skip
     env = {**os.environ, "SAGEHOST_WORKERS": str(workers), "SAGEHOST_LOG_LEVEL": "WARNING",
-           "SAGEHOST_DEFAULT_METHOD": METHOD}  # fmt: skip
-    return [spawn(cmd, env, work / "sagehost.log")], port
+           "SAGEHOST_DEFAULT_METHOD": METHOD, **env_extra}  # fmt: skip
+    log = "sagehost.log" if not env_extra else "sagehost-variant.log"
+    return [spawn(cmd, env, work / log)], port
+
+
+def start_numpy_walk(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """sagehost with numpy's tree walk instead of the compiled one: the compiled walk's A/B."""
+    return start_sagehost(model_dir, work, SAGEHOST_COMPILED_TREES="0")
 
 
 def start_uvicorn(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
@@ -471,6 +480,7 @@ def ab(url: str, body: str, content_type: str, seconds: int, work: Path) -> tupl
 
 STACKS = {
     "sagehost": start_sagehost,
+    "numpy-walk": start_numpy_walk,
     "uvicorn": start_uvicorn,
     "granian": start_granian,
     "classic": start_classic,

@@ -5,8 +5,9 @@ and off, against the library's own predict_proba.
 
 XGBClassifier, LGBMClassifier and HistGradientBoostingClassifier (100 trees/iterations, depth
 6 for XGBoost, 10 numeric features, binary), with a 100-tree random forest for reference; one
-row and a 1000-row batch per call. "lean off" is what sagehost did before the lean walk. No
-HTTP: this isolates what the walk saves. The libraries get `--threads` threads, as a worker
+row and a 1000-row batch per call. "lean off" is what sagehost did before the lean walk; "numpy
+walk" is the lean walk without numba (SAGEHOST_COMPILED_TREES=0 or no `sagehost[trees]`),
+"compiled" with it. No HTTP: this isolates what the walk saves. The libraries get `--threads` threads, as a worker
 gets its share of the cores.
 
 --crossover times the walk itself against the library over growing batches and prints where the
@@ -17,8 +18,10 @@ src/sagehost/models/trees/ come from it (bigger batches go to the library).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,7 @@ from sklearn.datasets import make_classification
 
 from sagehost.models import fast
 from sagehost.models.estimator import EstimatorModel
+from sagehost.models.trees import compiled
 from sagehost.predictor import Rows
 
 
@@ -60,21 +64,45 @@ def main() -> None:
             crossover(name, estimator.fit(x, y), x, args.repeat)
         return
     print(f"predict_proba, microseconds per call (best of 5 rounds), library threads = {args.threads}")
-    print(f"  {'model':21} {'rows':>5} {'library':>10} {'lean off':>10} {'lean on':>10} {'off / on':>9}")
+    head = f"  {'model':21} {'rows':>5} {'library':>10} {'lean off':>10} {'numpy walk':>11} {'compiled':>10}"
+    print(head + f" {'off / compiled':>15}")
     for name, estimator in models(args.threads):
         estimator.fit(x, y)
-        lean = EstimatorModel(estimator, name)
         plain = EstimatorModel(estimator, name, fast_path=False)
-        assert lean.uses_fast_path, f"{name}: the lean path refused this model"
+        walks = [lean_model(estimator, name, walk) for walk in ("0", "1")]
         for n_rows, repeat in ((1, args.repeat), (1000, max(1, args.repeat // 20))):
             rows = Rows(x[:n_rows])
-            np.testing.assert_allclose(
-                lean.predict(rows, "predict_proba"), estimator.predict_proba(x[:n_rows]), rtol=1e-5, atol=1e-6
-            )
             library = best_of(lambda: estimator.predict_proba(x[:n_rows]), repeat)  # noqa: B023
             off = best_of(lambda: plain.predict(rows, "predict_proba"), repeat)  # noqa: B023
-            on = best_of(lambda: lean.predict(rows, "predict_proba"), repeat)  # noqa: B023
-            print(f"  {name:21} {n_rows:5d} {library:10.1f} {off:10.1f} {on:10.1f} {off / on:8.1f}x")
+            on = []
+            for walk, lean in zip(("0", "1"), walks, strict=True):
+                expected = estimator.predict_proba(x[:n_rows])
+                with compiled_trees(walk):
+                    np.testing.assert_allclose(lean.predict(rows, "predict_proba"), expected, rtol=1e-5, atol=1e-6)
+                    on.append(best_of(lambda: lean.predict(rows, "predict_proba"), repeat))  # noqa: B023
+            print(
+                f"  {name:21} {n_rows:5d} {library:10.1f} {off:10.1f} {on[0]:11.1f} {on[1]:10.1f} {off / on[1]:14.1f}x"
+            )
+
+
+@contextlib.contextmanager
+def compiled_trees(value: str) -> Iterator[None]:
+    """SAGEHOST_COMPILED_TREES=value for what runs inside, as if the process had started with it."""
+    before = os.environ.get(compiled.ENV)
+    os.environ[compiled.ENV] = value
+    compiled.kernel.cache_clear()
+    try:
+        yield
+    finally:
+        os.environ.pop(compiled.ENV) if before is None else os.environ.__setitem__(compiled.ENV, before)
+        compiled.kernel.cache_clear()
+
+
+def lean_model(estimator: Any, name: str, walk: str) -> EstimatorModel:
+    with compiled_trees(walk):
+        lean = EstimatorModel(estimator, name)
+    assert lean.uses_fast_path, f"{name}: the lean path refused this model"
+    return lean
 
 
 def crossover(name: str, estimator: Any, x: np.ndarray[Any, Any], repeat: int) -> None:
@@ -82,7 +110,7 @@ def crossover(name: str, estimator: Any, x: np.ndarray[Any, Any], repeat: int) -
     path.max_rows = len(x)  # time the walk on every batch size, past its usual cut-off
     steps = path.trees.n_trees * max(path.trees.depth, 1)
     line = []
-    for n_rows in (1, 16, 32, 64, 128, 256, 512):
+    for n_rows in (1, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
         rows = x[:n_rows]
         calls = max(3, repeat // n_rows)
         library = best_of(lambda: estimator.predict_proba(rows), calls)  # noqa: B023

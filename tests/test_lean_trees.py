@@ -36,6 +36,7 @@ from sagehost.predictor import Rows
 from sagehost.server import build_service, load_and_warm
 from sagehost.service import Service
 from tests.test_app import serving
+from tests.test_compiled_walk import tree_walk  # noqa: F401  # a fixture
 
 Array = np.ndarray[Any, Any]
 Library = Callable[[Array, str], Any]
@@ -409,9 +410,13 @@ def lightgbm_text(x: Array, y: Array, model_dir: Path) -> Callable[[Array], Arra
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("save", [xgboost_pickle, lightgbm_text])
+@pytest.mark.usefixtures("tree_walk")
 async def test_concurrent_requests_are_batched_and_answered_as_the_library(
-    save: Callable[[Array, Array, Path], Callable[[Array], Array]], data: tuple[Array, Array], tmp_path: Path
+    save: Callable[[Array, Array, Path], Callable[[Array], Array]],
+    data: tuple[Array, Array],
+    tmp_path: Path,
 ) -> None:
+    """On the compiled walk and on numpy's (`tree_walk`)."""
     x, y = data
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -68,7 +68,9 @@ SHAREABLE_LIBRARIES = frozenset(
         "dateutil",
         "joblib",
         "lightgbm",
+        "llvmlite",
         "narwhals",
+        "numba",  # the compiled tree walk; compiling, not importing, starts scipy's BLAS threads
         "numpy",
         "packaging",
         "pandas",

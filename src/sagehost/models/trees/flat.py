@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sagehost.models.trees import compiled
+
 Array = np.ndarray[Any, Any]
 
 _CHUNK_ROWS = 2048  # bounds the (rows x trees) index arrays for big Batch Transform payloads
@@ -75,6 +77,7 @@ class FlatTrees:
         renumber[order] = np.arange(len(order), dtype=np.intp)
         self.n_trees = len(ordered)
         self._roots = np.arange(self.n_trees, dtype=np.intp)[:, None]
+        self._none = np.zeros(0, dtype=bool)  # the compiled walk's stand-in for an absent rule
         self.internal = left[order] >= 0
         # A node's children sit side by side (right = left + 1) and a leaf is its own left child,
         # with an infinite threshold so that nothing goes right of it: one step is `left + went_right`.
@@ -83,6 +86,7 @@ class FlatTrees:
         threshold = np.concatenate([t.threshold for t in ordered]).astype(np.float64)[order]
         self.threshold = np.where(self.internal, threshold, np.inf)
         self.value = np.concatenate([t.value for t in ordered])[order]
+        self._value_2d = np.ascontiguousarray(self.value.reshape(len(self.value), -1))
         by_comparison = threshold < 0  # where a zero goes by `0 <= threshold`: right iff threshold < 0
         nan_right = _right_of(ordered, "nan_left", None)
         self.nan_right = None if nan_right is None else nan_right[order] & self.internal
@@ -93,15 +97,42 @@ class FlatTrees:
 
     def sums(self, x: Array) -> Array | None:
         """Each group's leaves summed in tree order: (groups, rows[, classes]); None when the batch
-        holds a NaN and these trees do not say where NaN goes. `x` is float64, C-contiguous."""
+        holds a NaN and these trees do not say where NaN goes. `x` is float64, C-contiguous.
+        By the compiled walk when numba is installed, else by numpy's."""
+        walk = compiled.kernel()
+        parts: list[Array] = []
+        for i in range(0, len(x), _CHUNK_ROWS):
+            chunk = x[i : i + _CHUNK_ROWS]
+            part = self.numpy_sums(chunk) if walk is None else self.compiled_sums(chunk, walk)
+            if part is None:
+                return None
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def compiled_sums(self, x: Array, walk: compiled.Kernel) -> Array | None:
+        sums = np.empty((self.n_groups, len(x), self._value_2d.shape[1]), dtype=self.value.dtype)
+        nan_right = self._none if self.nan_right is None else self.nan_right
+        zero_right = self._none if self.zero_right is None else self.zero_right
+        use_nan, use_zero = self.nan_right is not None, self.zero_right is not None
+        x = np.ascontiguousarray(x, dtype=np.float64)  # the one layout compiled at load, not a new one now
+        args = (x, self.feature, self.threshold, self.left, nan_right, zero_right, use_nan, use_zero)
+        if walk(*args, self._value_2d, self.per_group, sums):
+            return None
+        return sums.reshape(self.n_groups, len(x), *self.value.shape[1:])
+
+    def numpy_sums(self, x: Array) -> Array | None:
+        node = self.numpy_leaves(x)
+        if node is None:
+            return None
+        leaves = self.value[node].reshape(self.n_groups, self.per_group, len(x), *self.value.shape[1:])
+        return _in_order_sum(leaves)
+
+    def numpy_leaves(self, x: Array) -> Array | None:
+        """numpy's walk: every (tree, row) moves one level per round of gathers, `depth` rounds."""
         nan = bool(np.isnan(x).any())
         if nan and self.nan_right is None:
             return None
         zero = self.zero_right is not None and bool((x == 0).any())
-        parts = [self._sums(x[i : i + _CHUNK_ROWS], nan, zero) for i in range(0, len(x), _CHUNK_ROWS)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-
-    def _sums(self, x: Array, nan: bool, zero: bool) -> Array:
         flat = x.ravel()
         base = np.arange(0, x.size, x.shape[1], dtype=np.intp)  # each row's start in `flat`
         one = len(x) == 1
@@ -114,10 +145,8 @@ class FlatTrees:
             if zero:
                 right = np.where(v == 0, self.zero_right[node], right)  # type: ignore[index]
             node = self.left[node] + right
-        if node.shape[1] != len(x):  # no split in any tree: the roots never met the rows
-            node = np.broadcast_to(node, (self.n_trees, len(x)))
-        leaves = self.value[node].reshape(self.n_groups, self.per_group, len(x), *self.value.shape[1:])
-        return _in_order_sum(leaves)
+        leaves: Array = np.broadcast_to(node, (self.n_trees, len(x)))  # no split: the roots never met the rows
+        return leaves
 
     def probe_rows(self, width: int) -> tuple[Array, Array]:
         """Rows to prove a lean path with: (rows spread over every feature's split points, so they

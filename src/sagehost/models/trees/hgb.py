@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from sagehost.models.trees.flat import Array, FlatTrees, Tree, constant
-from sagehost.models.trees.path import TreePath, as_float64, labels
+from sagehost.models.trees.path import Crossover, TreePath, as_float64, labels
 
 # The batch size (rows x trees x depth steps) past which the library is faster: ~160 rows of a
-# 100-iteration model (its OpenMP start-up cost per call is high).
-HGB_STEPS = 300_000
+# 100-iteration model by numpy's walk (the library's OpenMP start-up cost per call is high), ~300
+# by the compiled one.
+HGB_STEPS = Crossover(numpy=300_000, compiled=600_000)
 
 
 def path(model: Any) -> TreePath | None:

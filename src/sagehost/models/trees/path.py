@@ -4,9 +4,11 @@ library's arithmetic from summed leaves to each method's answer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
+from sagehost.models.trees import compiled
 from sagehost.models.trees.flat import Array, FlatTrees
 
 # float64 libraries (LightGBM, HistGradientBoosting, forests) agree to rounding in the last bits;
@@ -19,7 +21,15 @@ FLOAT32_TOLERANCE = (1e-5, 1e-6)
 # few nanoseconds per (row, tree, level) step, the library a fixed cost per call (what the walk
 # saves) plus its own cost per row. Each family's module names the number of steps per batch
 # where its library overtook the walk in bench/trees_inprocess.py --crossover (100 trees, one
-# thread); bigger batches go to the library.
+# thread), for numpy's walk and for the compiled one; bigger batches go to the library.
+
+
+class Crossover(NamedTuple):
+    """(rows x trees x depth) steps a batch may take before the library answers it instead."""
+
+    numpy: int
+    compiled: int
+
 
 # The walk gathers every tree's leaf for every row before summing: (trees, rows, classes) values.
 # A forest of many classes would hold hundreds of MB for one batch where the library, adding
@@ -39,11 +49,12 @@ class TreePath:
         *,
         prepare: Callable[[Array], Array | None],
         tolerance: tuple[float, float] = FLOAT64_TOLERANCE,
-        max_steps: int,
+        max_steps: Crossover,
     ) -> None:
         self.trees = trees
         per_leaf = int(np.prod(trees.value.shape[1:]))  # a forest's leaf holds every class's fraction
-        by_steps = max_steps // (trees.n_trees * max(trees.depth, 1))
+        steps = max_steps.numpy if compiled.kernel() is None else max_steps.compiled
+        by_steps = steps // (trees.n_trees * max(trees.depth, 1))
         self.max_rows = max(1, min(by_steps, _LEAF_VALUES // (trees.n_trees * per_leaf)))
         self.methods = frozenset(outputs)
         self.tolerance = tolerance
