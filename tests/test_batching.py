@@ -8,7 +8,7 @@ import pytest
 
 from sagehost.batching import MicroBatcher
 from sagehost.config import Method
-from sagehost.errors import ModelError, Overloaded
+from sagehost.errors import ModelError, Overloaded, PredictionTimeout
 from sagehost.predictor import ModelSpec, Outputs, Rows
 
 SPEC = ModelSpec(methods=frozenset({"predict", "predict_proba"}), n_features=1)
@@ -152,3 +152,43 @@ def test_timed_out_requests_are_skipped(n: int) -> None:
 
     assert list(asyncio.run(scenario())) == [2]
     assert recorder.calls == [(1, "predict")]
+
+
+def test_a_request_past_its_time_limit_fails_running_or_queued_and_the_next_is_answered() -> None:
+    """The batcher's own time limit (build_service gives it SAGEMAKER_MODEL_SERVER_TIMEOUT): a
+    request in the running batch and one queued behind it both get a 504 once their time is up,
+    within a tick (timeout / 20); the queued one never reaches the model; the batcher then serves
+    on as before."""
+    recorder = Recorder(delay=0.5)
+    batcher = MicroBatcher(recorder, max_rows=1, timeout_s=0.2)
+
+    async def scenario() -> tuple[list[Any], float, Any]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await gather(batcher, rows(1), rows(2))
+        waited = loop.time() - started
+        recorder.delay = 0.01
+        await asyncio.sleep(0.35)  # the model finishes the first batch, which nobody awaits now
+        return results, waited, await batcher.predict(rows(3), "predict")
+
+    results, waited, after = asyncio.run(scenario())
+    assert [type(r) for r in results] == [PredictionTimeout, PredictionTimeout]
+    assert "longer than 0.2 s (SAGEMAKER_MODEL_SERVER_TIMEOUT)" in results[0].message
+    assert 0.2 <= waited < 0.3  # not the model's 0.5 s
+    assert list(after) == [6]
+    assert recorder.calls == [(1, "predict"), (1, "predict")]  # rows(1), then rows(3): never rows(2)
+
+
+def test_requests_within_their_time_limit_are_answered_and_the_sweep_stops_when_idle() -> None:
+    recorder = Recorder(delay=0.02)
+    batcher = MicroBatcher(recorder, max_rows=2, timeout_s=1.0)
+
+    async def scenario() -> tuple[list[Any], int]:
+        results = await gather(batcher, *(rows(i) for i in range(6)))
+        await asyncio.sleep(0.1)  # past the last sweep's tick (0.05 s)
+        timers = len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
+        return results, timers
+
+    results, timers = asyncio.run(scenario())
+    assert [list(r) for r in results] == [[0], [2], [4], [6], [8], [10]]
+    assert timers == 0  # nothing left ticking on an idle worker

@@ -10,16 +10,21 @@
 - Isolated: if a batch fails, each of its requests is retried alone, so one bad request fails
   alone and the others get their answers.
 - Bounded: more than `max_queue` waiting requests is a 503, not unbounded memory.
+- Timed: a request still unanswered `timeout_s` after it arrived fails with a 504, queued or in
+  a running batch (whose model call goes on, as it would under asyncio.wait_for). One timer per
+  batcher sweeps for them every `timeout_s / 20` (at most 1 s) while there is work, instead of a
+  timer and a task per request: the limit holds to within that tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from dataclasses import dataclass
 
 from sagehost.config import Method
-from sagehost.errors import ModelError, Overloaded
+from sagehost.errors import ModelError, Overloaded, PredictionTimeout
 from sagehost.predictor import ModelSpec, Outputs, Predictor, Rows
 
 
@@ -28,16 +33,28 @@ class _Item:
     rows: Rows
     method: Method
     future: asyncio.Future[Outputs]
+    deadline: float
 
 
 class MicroBatcher:
-    def __init__(self, inner: Predictor, max_rows: int = 64, max_wait_s: float = 0.0, max_queue: int = 1024) -> None:
+    def __init__(
+        self,
+        inner: Predictor,
+        max_rows: int = 64,
+        max_wait_s: float = 0.0,
+        max_queue: int = 1024,
+        timeout_s: float | None = None,
+    ) -> None:
         self._inner = inner
         self._max_rows = max_rows
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._queue: collections.deque[_Item] = collections.deque()
         self._task: asyncio.Task[None] | None = None
+        self._timeout_s = timeout_s
+        self._tick_s = min(timeout_s / 20, 1.0) if timeout_s else 0.0
+        self._running: list[_Item] = []  # the batch the model is working on
+        self._sweep_handle: asyncio.TimerHandle | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -53,11 +70,29 @@ class MicroBatcher:
                 f"The server is at capacity ({self._max_queue} requests waiting per worker); retry shortly, "
                 "or scale out (more instances or workers)."
             )
-        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(rows, method, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        deadline = loop.time() + self._timeout_s if self._timeout_s else math.inf
+        self._queue.append(_Item(rows, method, future, deadline))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
+        if self._timeout_s and self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._tick_s, self._sweep)
         return await future
+
+    def _sweep(self) -> None:
+        """Fail every request past its deadline; again in a tick while any request is waiting."""
+        self._sweep_handle = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        # Requests queue in arrival order, so deadlines rise along the queue.
+        while self._queue and self._queue[0].deadline <= now:
+            _fail(self._queue.popleft(), PredictionTimeout.after(self._timeout_s or 0))
+        for item in self._running:
+            if item.deadline <= now:
+                _fail(item, PredictionTimeout.after(self._timeout_s or 0))
+        if self._queue or any(not item.future.done() for item in self._running):
+            self._sweep_handle = loop.call_later(self._tick_s, self._sweep)
 
     async def _drain(self) -> None:
         try:
@@ -98,14 +133,14 @@ class MicroBatcher:
         if not batch:
             return
         try:
-            outputs = await self._inner.predict(Rows.concat([i.rows for i in batch]), batch[0].method)
-            _check_count(outputs, _rows(batch))
+            outputs = await self._answer(batch)
         except Exception as exc:
             if len(batch) == 1:
                 _fail(batch[0], exc)
                 return
-            for item in batch:  # find the culprit: every request alone
-                await self._run([item])
+            for item in batch:  # find the culprit: every request alone (that is still waiting)
+                if not item.future.done():
+                    await self._run([item])
             return
         start = 0
         for item in batch:
@@ -113,6 +148,15 @@ class MicroBatcher:
             if not item.future.done():
                 item.future.set_result(outputs[start:end])
             start = end
+
+    async def _answer(self, batch: list[_Item]) -> Outputs:
+        self._running = batch  # for the sweep: its requests' deadlines still run
+        try:
+            outputs = await self._inner.predict(Rows.concat([i.rows for i in batch]), batch[0].method)
+        finally:
+            self._running = []
+        _check_count(outputs, _rows(batch))
+        return outputs
 
 
 def _rows(batch: list[_Item]) -> int:

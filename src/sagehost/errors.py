@@ -189,6 +189,13 @@ class PredictionTimeout(SagehostError):
     status = 504
     code = "prediction_timeout"
 
+    @classmethod
+    def after(cls, timeout_s: float) -> PredictionTimeout:
+        return cls(
+            f"The prediction took longer than {timeout_s:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT). "
+            "Send fewer rows per request, or use Batch Transform or asynchronous inference for long work."
+        )
+
 
 class InsufficientMemory(SagehostError):
     """Multi-model: the model would not fit in the models' memory budget; SageMaker then unloads

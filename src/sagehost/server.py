@@ -218,6 +218,7 @@ def build_service(loaded: Loaded, settings: Settings) -> Service:
         max_rows=settings.max_batch_rows,
         max_wait_s=settings.max_batch_wait_ms / 1000,
         max_queue=settings.max_queue,
+        timeout_s=settings.timeout_s,
     )
     return RowService(batcher, settings)
 
