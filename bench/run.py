@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/run.py [--seconds 10] [--rounds 1] [--method predict_proba]
                                   [--models lr,rf,xgb,onnx,fraud,xgbc,lgbmc,hgbc]
-                                  [--stacks sagehost,numpy-walk,uvicorn,granian,classic,mlflow,mlserver]
+                                  [--stacks sagehost,numpy-walk,base,uvicorn,granian,classic,mlflow,mlserver]
+                                  [--base REV]
     .venv/bin/python bench/run.py --memory --models lr,rf,fraud   # summed PSS, 1 and 2 workers
 
 The models: a scikit-learn LogisticRegression and a 100-tree RandomForestClassifier, an XGBoost
@@ -19,13 +20,16 @@ requests/s, p50/p99 latency, errors, the servers' total RSS and summed PSS and t
 request, then the ratios against sagehost. With --rounds N the stacks of a model run side by
 side and are measured in turns, N times (the order turning each round), and the summary gives
 medians and each ratio's range over the rounds. Every load run is bounded in time and request
-count. `--memory` measures `sagehost serve` alone with 1 worker, then 2 (bench/memory.py).
+count. The stack `base` is sagehost as of `--base REV` (a git worktree) and `numpy-walk` this
+checkout with SAGEHOST_COMPILED_TREES=0: a change's A/B in one run. `--memory` measures
+`sagehost serve` alone with 1 worker, then 2 (bench/memory.py).
 Needs `scripts/setup --bench`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -36,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median_high
@@ -203,6 +208,7 @@ PICKLED = {"lr", "rf", "fraud", "xgbc", "lgbmc", "hgbc"}
 SERVES = {
     "sagehost": set(SAVERS),
     "numpy-walk": {"rf", "xgbc", "lgbmc", "hgbc"},
+    "base": set(SAVERS),
     "uvicorn": set(SAVERS),
     "granian": set(SAVERS),
     "classic": PICKLED,
@@ -238,6 +244,17 @@ def start_sagehost(
            "SAGEHOST_DEFAULT_METHOD": METHOD, **env_extra}  # fmt: skip
     log = "sagehost.log" if not env_extra else "sagehost-variant.log"
     return [spawn(cmd, env, work / log)], port
+
+
+BASE_SRC: Path | None = None
+"""--base REV: a checkout of that commit's src/, which the "base" stack serves from."""
+
+
+def start_base(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
+    """sagehost as of --base REV (a git worktree), beside this checkout's: a change's A/B in one run."""
+    if BASE_SRC is None:
+        sys.exit("the base stack needs --base REV")
+    return start_sagehost(model_dir, work, PYTHONPATH=str(BASE_SRC))
 
 
 def start_numpy_walk(model_dir: Path, work: Path) -> tuple[list[subprocess.Popen[bytes]], int]:
@@ -481,6 +498,7 @@ def ab(url: str, body: str, content_type: str, seconds: int, work: Path) -> tupl
 STACKS = {
     "sagehost": start_sagehost,
     "numpy-walk": start_numpy_walk,
+    "base": start_base,
     "uvicorn": start_uvicorn,
     "granian": start_granian,
     "classic": start_classic,
@@ -637,16 +655,36 @@ def main() -> None:
     parser.add_argument("--stacks", default="sagehost,classic,mlflow")
     parser.add_argument("--method", default="predict_proba", choices=("predict", "predict_proba"))
     parser.add_argument("--memory", action="store_true", help="summed PSS of sagehost with 1 and 2 workers instead")
+    parser.add_argument("--base", metavar="REV", help='serve the "base" stack from this commit (add it to --stacks)')
     args = parser.parse_args()
     for tool in ("wrk", "ab", "nginx"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: run scripts/setup --bench")
     METHOD = args.method
+    if args.base:
+        with base_checkout(args.base) as src:
+            global BASE_SRC
+            BASE_SRC = src
+            report(run(args.models.split(","), args.stacks.split(","), args.seconds, args.rounds))
+        return
     if args.memory:
         measure_memory(args.models.split(","))
         return
     print(f"{os.cpu_count()} cores, {WORKERS} workers per stack, 40 connections, one row per request\n")
     report(run(args.models.split(","), args.stacks.split(","), args.seconds, args.rounds))
+
+
+@contextlib.contextmanager
+def base_checkout(rev: str) -> Iterator[Path]:
+    """`rev` checked out in a temporary git worktree; its src/ directory."""
+    repo = BENCH.parent
+    with tempfile.TemporaryDirectory(prefix="sagehost-base-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", "-q", str(tree), rev], check=True)
+        try:
+            yield tree / "src"
+        finally:
+            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)], check=False)
 
 
 NGINX_CONF = """

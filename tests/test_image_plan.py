@@ -10,7 +10,7 @@ import pytest
 import xgboost as xgb
 
 from sagehost.config import Settings
-from sagehost.errors import StartupError
+from sagehost.errors import ConfigError, StartupError
 from sagehost.image.build import write_context
 from sagehost.image.dockerfile import render
 from sagehost.image.plan import plan_image
@@ -81,3 +81,17 @@ def test_a_context_folder_that_is_not_ours_is_never_deleted(tmp_path: Path) -> N
     write_context(plan, context)
     write_context(plan, context)  # its own context is replaced on every build
     assert (context / "Dockerfile").is_file()
+
+
+def test_the_trees_add_on_joins_the_model_s_extra(tmp_path: Path) -> None:
+    """`--extra trees` (numba's compiled tree walk) is no format's extra but installs beside one."""
+    rng = np.random.default_rng(0)
+    booster = xgb.train({}, xgb.DMatrix(rng.random((50, 3)), label=rng.random(50)), 2)
+    model = tmp_path / "model"
+    model.mkdir()
+    booster.save_model(model / "model.json")
+    plan = plan_image(model, Settings(), extras=("trees",))
+    assert plan.extras == ("xgboost", "trees")
+    assert "'sagehost[xgboost,trees]'" in render(plan)
+    with pytest.raises(ConfigError, match="choose from .*trees"):
+        plan_image(model, Settings(), extras=("tree",))

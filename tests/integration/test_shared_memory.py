@@ -174,8 +174,8 @@ def test_workers_that_load_their_own_model_share_its_libraries(boosted_dir: Path
     of a worker's memory), learnt in a throwaway child, and never loads the model itself. Before it
     did, 2 workers took 2.08 times the memory of one on this model; now about 1.25.
     numba's compiled tree walk is compiled in each worker here (compiling loads SciPy's BLAS,
-    whose threads would start in the parent), about 40 MB more a worker, measured in
-    bench/README.md: this measures the libraries, on numpy's walk."""
+    whose threads would start in the parent): 2 workers took 1.51 times one with it, 1.24
+    without (bench/README.md). This measures the libraries, on numpy's walk."""
     threads = {"OMP_NUM_THREADS": "2", "SAGEHOST_COMPILED_TREES": "0"}
     one = served_memory(boosted_dir, tmp_path, 1, env=threads)
     two = served_memory(boosted_dir, tmp_path, 2, env=threads)
