@@ -176,3 +176,16 @@ def fast_spec(model: Any) -> Any:
     from sagehost.models.estimator import describe
 
     return describe(model, type(model).__name__)
+
+
+@pytest.mark.usefixtures("tree_walk")
+def test_rows_narrower_than_the_trees_split_on_are_left_to_the_library(data: tuple[Array, Array]) -> None:
+    """The compiled walk reads rows without bounds checks: a row must hold every feature a split
+    reads, or neither walk touches it (the library then says what is wrong)."""
+    x, y = data
+    path, trees = flat_trees(hist_gradient_boosting(x, y))
+    assert trees.width == x.shape[1]
+    narrow = np.ascontiguousarray(x[:4, : trees.width - 1])
+    assert trees.sums(narrow) is None
+    assert path.predict(narrow, "predict_proba") is None
+    assert trees.sums(np.ascontiguousarray(x[:4])) is not None

@@ -83,6 +83,10 @@ class FlatTrees:
         # with an infinite threshold so that nothing goes right of it: one step is `left + went_right`.
         self.left = np.where(self.internal, renumber[np.maximum(left[order], 0)], np.arange(len(order)))
         self.feature = np.concatenate([t.feature for t in ordered]).astype(np.intp)[order]
+        if (self.feature[self.internal] < 0).any():
+            raise ValueError("a split on a negative feature index")
+        self.width = int(self.feature[self.internal].max(initial=-1)) + 1
+        """The fewest columns a row needs: one past the highest feature a split reads."""
         threshold = np.concatenate([t.threshold for t in ordered]).astype(np.float64)[order]
         self.threshold = np.where(self.internal, threshold, np.inf)
         self.value = np.concatenate([t.value for t in ordered])[order]
@@ -97,8 +101,11 @@ class FlatTrees:
 
     def sums(self, x: Array) -> Array | None:
         """Each group's leaves summed in tree order: (groups, rows[, classes]); None when the batch
-        holds a NaN and these trees do not say where NaN goes. `x` is float64, C-contiguous.
-        By the compiled walk when numba is installed, else by numpy's."""
+        holds a NaN and these trees do not say where NaN goes, or too few columns for the
+        features the trees split on (the library says what is wrong). `x` is float64,
+        C-contiguous. By the compiled walk when numba is installed, else by numpy's."""
+        if x.ndim != 2 or x.shape[1] < self.width:  # the compiled walk reads x unchecked
+            return None
         walk = compiled.kernel()
         parts: list[Array] = []
         for i in range(0, len(x), _CHUNK_ROWS):
