@@ -192,3 +192,47 @@ def test_requests_within_their_time_limit_are_answered_and_the_sweep_stops_when_
     results, timers = asyncio.run(scenario())
     assert [list(r) for r in results] == [[0], [2], [4], [6], [8], [10]]
     assert timers == 0  # nothing left ticking on an idle worker
+
+
+class FailsBatches(Recorder):
+    """A batch of several rows with a negative one fails at once; a call of one row takes `delay`."""
+
+    async def predict(self, rows: Rows, method: Method) -> Outputs:
+        if len(rows) > 1 and (np.asarray(rows.values) < 0).any():
+            self.calls.append((len(rows), method))
+            raise ValueError("negative")
+        return await super().predict(rows, method)
+
+
+def test_requests_retried_alone_after_a_batch_error_keep_their_time_limit() -> None:
+    """After a batch fails, its requests are retried one by one: those waiting their turn are out
+    of the queue and not in the model call, and their deadlines must still hold."""
+    model = FailsBatches(delay=0.5)
+    batcher = MicroBatcher(model, max_rows=8, timeout_s=0.3)
+
+    async def scenario() -> tuple[list[Any], float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await gather(batcher, rows(-1), rows(2), rows(3))
+        return results, loop.time() - started
+
+    results, waited = asyncio.run(scenario())
+    assert [type(r) for r in results] == [PredictionTimeout] * 3, results
+    assert waited < 0.4  # not 1.5 s: three calls of 0.5 s one after another
+    assert model.calls == [(3, "predict"), (1, "predict")]  # 2 and 3 were never retried
+
+
+def test_a_request_waiting_for_batch_mates_keeps_its_time_limit() -> None:
+    """`max_wait_s`: the wait for more rows happens out of the queue, and a sweep during it must
+    not lose the batch's deadlines."""
+    batcher = MicroBatcher(Recorder(delay=1.0), max_rows=8, max_wait_s=0.05, timeout_s=0.2)
+
+    async def scenario() -> tuple[list[Any], float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await gather(batcher, rows(1), rows(2))
+        return results, loop.time() - started
+
+    results, waited = asyncio.run(scenario())
+    assert [type(r) for r in results] == [PredictionTimeout] * 2, results
+    assert waited < 0.3

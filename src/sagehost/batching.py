@@ -99,10 +99,16 @@ class MicroBatcher:
             while self._queue:
                 concurrent = len(self._queue) > 1
                 batch = self._take()
-                if concurrent and self._max_wait_s > 0 and _rows(batch) < self._max_rows:
-                    await asyncio.sleep(self._max_wait_s)
-                    batch.extend(self._take(self._max_rows - _rows(batch), batch[0].method))
-                await self._run(batch)
+                # Out of the queue until answered (the wait for more rows, the model call, the
+                # retries one by one after a batch error): the sweep keeps their deadlines here.
+                self._running = batch
+                try:
+                    if concurrent and self._max_wait_s > 0 and _rows(batch) < self._max_rows:
+                        await asyncio.sleep(self._max_wait_s)
+                        batch.extend(self._take(self._max_rows - _rows(batch), batch[0].method))
+                    await self._run(batch)
+                finally:
+                    self._running = []
         finally:
             self._task = None
 
@@ -150,11 +156,7 @@ class MicroBatcher:
             start = end
 
     async def _answer(self, batch: list[_Item]) -> Outputs:
-        self._running = batch  # for the sweep: its requests' deadlines still run
-        try:
-            outputs = await self._inner.predict(Rows.concat([i.rows for i in batch]), batch[0].method)
-        finally:
-            self._running = []
+        outputs = await self._inner.predict(Rows.concat([i.rows for i in batch]), batch[0].method)
         _check_count(outputs, _rows(batch))
         return outputs
 
