@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import timeit
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -87,15 +86,13 @@ def main() -> None:
 
 @contextlib.contextmanager
 def compiled_trees(value: str) -> Iterator[None]:
-    """SAGEHOST_COMPILED_TREES=value for what runs inside, as if the process had started with it."""
-    before = os.environ.get(compiled.ENV)
-    os.environ[compiled.ENV] = value
-    compiled.kernel.cache_clear()
+    """The compiled walk on ("1") or off ("0") for what runs inside, as SAGEHOST_COMPILED_TREES
+    sets it when a model loads."""
+    compiled.use(value == "1")
     try:
         yield
     finally:
-        os.environ.pop(compiled.ENV) if before is None else os.environ.__setitem__(compiled.ENV, before)
-        compiled.kernel.cache_clear()
+        compiled.use(True)
 
 
 def lean_model(estimator: Any, name: str, walk: str) -> EstimatorModel:

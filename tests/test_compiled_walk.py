@@ -6,8 +6,13 @@ micro-batched requests, on both."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -21,23 +26,25 @@ from sklearn.ensemble import (
     RandomForestRegressor,
 )
 
-from sagehost.models import fast
+from sagehost.config import Settings
+from sagehost.models import boosters, fast
 from sagehost.models.trees import compiled
-from sagehost.models.trees.flat import FlatTrees
+from sagehost.models.trees.flat import FlatTrees, Tree
 from sagehost.models.trees.path import TreePath
 from sagehost.models.trees.xgb import XGBOOST_STEPS
+from sagehost.predictor import Rows
 
 Array = np.ndarray[Any, Any]
 
 
 @pytest.fixture(params=["compiled", "numpy"])
-def tree_walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each walk in turn, as SAGEHOST_COMPILED_TREES chooses it when a process starts."""
-    monkeypatch.setenv(compiled.ENV, "1" if request.param == "compiled" else "0")
-    compiled.kernel.cache_clear()
-    yield request.param
-    monkeypatch.undo()
-    compiled.kernel.cache_clear()
+def tree_walk(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each walk in turn, as Settings.compiled_trees chooses it when a model loads."""
+    compiled.use(request.param == "compiled")
+    try:
+        yield request.param
+    finally:
+        compiled.use(True)
 
 
 @pytest.fixture(scope="module")
@@ -138,24 +145,52 @@ def test_a_nan_the_trees_cannot_route_stops_the_compiled_walk(data: tuple[Array,
 
 
 def test_sagehost_compiled_trees_0_keeps_numpy_s_walk(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, data: tuple[Array, Array]
+    caplog: pytest.LogCaptureFixture, data: tuple[Array, Array], tmp_path: Path
 ) -> None:
     x, y = data
     model = xgboost_multiclass(x, y)
-    monkeypatch.setenv(compiled.ENV, "0")
-    compiled.kernel.cache_clear()
+    settings = Settings.from_environ({"SAGEHOST_COMPILED_TREES": "0", "SAGEHOST_MODEL_DIR": str(tmp_path)})
+    assert settings.compiled_trees is False
     try:
         with caplog.at_level(logging.INFO, logger="sagehost.models"):
+            compiled.use(settings.compiled_trees)
             assert compiled.kernel() is None
             path, trees = flat_trees(model)
         assert "walked by numpy (SAGEHOST_COMPILED_TREES=0)" in caplog.text
         # numpy's walk hands batches to XGBoost from its own, smaller crossover
         assert path.max_rows == XGBOOST_STEPS.numpy // (trees.n_trees * trees.depth)
     finally:
-        monkeypatch.undo()
-        compiled.kernel.cache_clear()
+        compiled.use(True)
     path, trees = flat_trees(model)
     assert path.max_rows == XGBOOST_STEPS.compiled // (trees.n_trees * trees.depth)
+
+
+BROKEN_NUMBA = """
+import logging, sys
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sagehost.models.estimator import EstimatorModel
+from sagehost.models.trees import compiled
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+x = np.random.default_rng(0).normal(size=(200, 3))
+model = EstimatorModel(HistGradientBoostingClassifier(max_iter=5).fit(x, x[:, 0] > 0), "hgb")
+print("lean", model.uses_fast_path, "compiled", compiled.kernel() is not None)
+"""
+
+
+def test_a_numba_that_fails_to_import_leaves_trees_to_numpy_s_walk(tmp_path: Path) -> None:
+    """A numba on the path that does not match this numpy (pulled in by another package, say)
+    must not stop a tree model from loading: the walk is numpy's, and the log says why."""
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less. Got NumPy 2.4.")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_NUMBA], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "lean True compiled False" in done.stdout
+    assert "numba failed (ImportError: Numba needs NumPy 2.3 or less" in done.stderr
 
 
 def test_the_walk_compiles_at_load_not_on_a_request(data: tuple[Array, Array]) -> None:
@@ -189,3 +224,42 @@ def test_rows_narrower_than_the_trees_split_on_are_left_to_the_library(data: tup
     assert trees.sums(narrow) is None
     assert path.predict(narrow, "predict_proba") is None
     assert trees.sums(np.ascontiguousarray(x[:4])) is not None
+
+
+def test_child_links_that_do_not_form_trees_leave_the_model_to_the_library(caplog: pytest.LogCaptureFixture) -> None:
+    """XGBoost loads and predicts a JSON model whose node has the same left and right child; the
+    walk's layout (siblings side by side, read unchecked when compiled) must refuse it at load."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    booster = xgb.train({"max_depth": 2, "objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(x, x[:, 0] > 0), 3)
+    model = json.loads(booster.save_raw("json"))
+    tree = model["learner"]["gradient_booster"]["model"]["trees"][-1]
+    split = max(i for i, child in enumerate(tree["left_children"]) if child >= 0)
+    tree["right_children"][split] = tree["left_children"][split]
+    damaged = xgb.Booster()
+    damaged.load_model(bytearray(json.dumps(model).encode()))
+    with caplog.at_level(logging.INFO, logger="sagehost.models"):
+        served = boosters.xgboost(damaged, "damaged", 1)
+    assert not served.uses_fast_path
+    assert "a node is reached twice" in caplog.text
+    np.testing.assert_array_equal(served.predict(Rows(x[:5]), "predict"), damaged.inplace_predict(x[:5]))
+
+
+@pytest.mark.usefixtures("tree_walk")
+@pytest.mark.parametrize(("from_zero", "sign"), [(True, 1.0), (False, -1.0)])
+def test_a_negative_zero_sum_keeps_the_library_s_sign(from_zero: bool, sign: float) -> None:
+    """scikit-learn and LightGBM add the first leaf to 0.0 (-0.0 becomes 0.0); XGBoost starts from
+    its base margin as it is. Either way one row and many rows agree, on both walks."""
+    leaf = Tree(
+        feature=np.zeros(1, dtype=np.intp),
+        threshold=np.zeros(1),
+        left=np.full(1, -1),
+        right=np.full(1, -1),
+        value=np.array([-0.0]),
+        nan_left=np.zeros(1, dtype=bool),
+    )
+    trees = FlatTrees([leaf, leaf], from_zero=from_zero)
+    for rows in (1, 3):
+        sums = trees.sums(np.zeros((rows, 1)))
+        assert sums is not None
+        np.testing.assert_array_equal(np.copysign(1.0, sums), np.full((1, rows), sign))

@@ -28,6 +28,7 @@ BAD_VALUES: dict[str, tuple[str, ...]] = {
     "inline_below_us": ("-1", "x"),
     "preload": ("sometimes",),
     "fast_path": ("2",),
+    "compiled_trees": ("numba",),
     "flavor": ("keras",),
     "log_level": ("LOUD", "25"),
     "max_header_bytes": ("0", "x", "-4"),

@@ -95,3 +95,9 @@ def test_the_trees_add_on_joins_the_model_s_extra(tmp_path: Path) -> None:
     assert "'sagehost[xgboost,trees]'" in render(plan)
     with pytest.raises(ConfigError, match="choose from .*trees"):
         plan_image(model, Settings(), extras=("tree",))
+    # an add-on is no choice of stack: without a model, or for a script, the default stays
+    assert plan_image(None, Settings(), extras=("trees",)).extras == ("sklearn", "trees")
+    script = tmp_path / "script"
+    (script / "code").mkdir(parents=True)
+    (script / "code" / "inference.py").write_text("def model_fn(model_dir):\n    return None\n")
+    assert plan_image(script, Settings(), extras=("trees",)).extras == ("sklearn", "trees")

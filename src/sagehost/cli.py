@@ -111,6 +111,7 @@ SERVE_FLAGS = (
     "--inline-below-us",
     "--preload/--no-preload",
     "--fast-path/--no-fast-path",
+    "--compiled-trees/--no-compiled-trees",
     "--multi-model/--no-multi-model",
     "--model-memory-mb",
     "--log-level",

@@ -87,6 +87,8 @@ class Settings:
     """Load the model before forking workers; default: when the model allows it."""
     fast_path: bool = True
     """Lean predict paths for linear models and tree ensembles (same answers, less overhead)."""
+    compiled_trees: bool = True
+    """Tree ensembles walked by numba-compiled code where numba is installed (`sagehost[trees]`)."""
     flavor: str | None = None
     """Which model format to serve when the directory holds several (`SAGEHOST_FLAVOR`)."""
     scratch_dir: Path = Path(tempfile.gettempdir()) / "sagehost"
@@ -569,6 +571,14 @@ SOURCES: tuple[Source, ...] = (
         _bool,
         "--fast-path/--no-fast-path",
         "Lean predict paths for linear models and tree ensembles.",
+        "on",
+    ),
+    Source(
+        "compiled_trees",
+        ("SAGEHOST_COMPILED_TREES",),
+        _bool,
+        "--compiled-trees/--no-compiled-trees",
+        "Walk tree ensembles in numba-compiled code where sagehost[trees] is installed.",
         "on",
     ),
     Source(

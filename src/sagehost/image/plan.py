@@ -53,6 +53,8 @@ def plan_image(
     unknown = [e for e in extras if e not in known]
     if unknown:
         raise ConfigError(f"Unknown extra {', '.join(unknown)}: choose from {', '.join(known)}.")
+    add_ons = tuple(e for e in extras if e in ADD_ONS)  # speed a format up: not a choice of stack
+    extras = tuple(e for e in extras if e not in ADD_ONS)
     serves = ImagePlan.serves
     if model_dir is not None:
         servable = describe(model_dir, settings)  # what `serve` will load in the image
@@ -63,7 +65,7 @@ def plan_image(
         bundled = model_dir / contract.CODE_SUBDIR / "requirements.txt"
         if requirements is None and bundled.is_file():
             requirements = bundled
-    chosen = tuple(dict.fromkeys(extras or ("sklearn",)))
+    chosen = tuple(dict.fromkeys((*(extras or ("sklearn",)), *add_ons)))
     expanded = registry.EXTRAS if ALL in chosen else chosen
     packages = sorted({p for f in registry.FORMATS if f.extra in expanded for p in f.system_packages})
     return ImagePlan(chosen, tuple(packages), model_dir, requirements, serves)

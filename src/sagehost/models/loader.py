@@ -26,6 +26,7 @@ from sagehost.models.estimator import EstimatorModel
 from sagehost.models.registry import Found
 from sagehost.models.script import ScriptHandler, call_hook, import_script
 from sagehost.models.sklearn import from_object
+from sagehost.models.trees import compiled
 from sagehost.predictor import Model
 
 log = logging.getLogger("sagehost.models")
@@ -97,6 +98,7 @@ def describe(model_dir: Path, settings: Settings) -> Servable:
 
 def load(settings: Settings) -> Loaded:
     """What settings.model_dir holds, loaded: a Model, or the handler of the user's script."""
+    compiled.use(settings.compiled_trees)  # before any tree path is built: it picks its crossover
     return describe(settings.model_dir, settings).load(settings)
 
 

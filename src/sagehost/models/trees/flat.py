@@ -61,7 +61,10 @@ def constant(value: Any, group: int = 0) -> Tree:
 class FlatTrees:
     """Trees grouped by output column (each group's trees in their own order), flattened."""
 
-    def __init__(self, trees: Sequence[Tree]) -> None:
+    def __init__(self, trees: Sequence[Tree], *, from_zero: bool = True) -> None:
+        """`from_zero`: the library adds the first tree's leaf to 0.0 (scikit-learn, LightGBM),
+        rather than starting from it (XGBoost's base margin); they differ only for a -0.0."""
+        self.start = 0.0 if from_zero else -0.0  # x + -0.0 is x for every x, -0.0 included
         ordered = sorted(trees, key=lambda t: t.group)  # stable: a group's trees keep their order
         per_group = Counter(t.group for t in ordered)
         if sorted(per_group) != list(range(len(per_group))) or len(set(per_group.values())) != 1:
@@ -106,6 +109,8 @@ class FlatTrees:
         C-contiguous. By the compiled walk when numba is installed, else by numpy's."""
         if x.ndim != 2 or x.shape[1] < self.width:  # the compiled walk reads x unchecked
             return None
+        if self.nan_right is None and np.isnan(x).any():
+            return None  # the library says what a NaN means to these trees (old forests refuse it)
         walk = compiled.kernel()
         parts: list[Array] = []
         for i in range(0, len(x), _CHUNK_ROWS):
@@ -123,7 +128,7 @@ class FlatTrees:
         use_nan, use_zero = self.nan_right is not None, self.zero_right is not None
         x = np.ascontiguousarray(x, dtype=np.float64)  # the one layout compiled at load, not a new one now
         args = (x, self.feature, self.threshold, self.left, nan_right, zero_right, use_nan, use_zero)
-        if walk(*args, self._value_2d, self.per_group, sums):
+        if walk(*args, self._value_2d, self.per_group, self.start, sums):
             return None
         return sums.reshape(self.n_groups, len(x), *self.value.shape[1:])
 
@@ -132,7 +137,7 @@ class FlatTrees:
         if node is None:
             return None
         leaves = self.value[node].reshape(self.n_groups, self.per_group, len(x), *self.value.shape[1:])
-        return _in_order_sum(leaves)
+        return _in_order_sum(leaves, self.start)
 
     def numpy_leaves(self, x: Array) -> Array | None:
         """numpy's walk: every (tree, row) moves one level per round of gathers, `depth` rounds."""
@@ -198,26 +203,33 @@ def _right_of(trees: Sequence[Tree], name: str, default: Array | None) -> Array 
     return np.concatenate(parts)
 
 
-def _in_order_sum(leaves: Array) -> Array:
-    """Sum over axis 1 (a group's trees) one tree after another, in the library's order and
-    dtype, so the sums match bit for bit. Reducing an outer axis adds whole rows in order;
-    along a single contiguous axis numpy sums pairwise instead, so one row takes cumsum."""
+def _in_order_sum(leaves: Array, start: float = -0.0) -> Array:
+    """Sum over axis 1 (a group's trees) one tree after another from `start`, in the library's
+    order and dtype, so the sums match bit for bit. Reducing an outer axis adds whole rows in
+    order; along a single contiguous axis numpy sums pairwise instead, so one row takes cumsum."""
     if leaves[0, 0].size > 1:
-        total: Array = np.add.reduce(leaves, axis=1)
+        total: Array = np.add.reduce(leaves, axis=1, initial=start)
         return total
+    leaves[:, 0] += start  # a fresh gather: ours to change
     last: Array = np.cumsum(leaves, axis=1)[:, -1]
     return last
 
 
 def _level_order(roots: Array, left: Array, right: Array) -> tuple[Array, int]:
     """Every reachable node, level by level from the roots, siblings side by side; and the
-    longest root-to-leaf path."""
+    longest root-to-leaf path. Each node once: a node with two parents, a cycle or a link out of
+    range (a damaged model file the library may still load) would put one node in two places,
+    where `left + 1` is no longer its sibling and the compiled walk would read past the arrays."""
+    seen = np.zeros(len(left), dtype=bool)
     levels, frontier = [roots], roots
     while True:
+        if ((frontier < 0) | (frontier >= len(left))).any():
+            raise ValueError("a child link points outside the trees")
+        if seen[frontier].any() or len(np.unique(frontier)) != len(frontier):
+            raise ValueError("a node is reached twice: the child links do not form trees")
+        seen[frontier] = True
         split = frontier[left[frontier] >= 0]
         if not split.size:
             return np.concatenate(levels), len(levels) - 1
-        if len(levels) > len(left):
-            raise ValueError("the trees' child links form a cycle")
         frontier = np.column_stack([left[split], right[split]]).ravel()
         levels.append(frontier)

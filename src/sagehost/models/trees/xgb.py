@@ -131,7 +131,7 @@ def _read(booster: Any, iterations: tuple[int, int]) -> tuple[FlatTrees, Callabl
         if tree is None:
             return None
         trees.append(tree)
-    flat = FlatTrees(trees)
+    flat = FlatTrees(trees, from_zero=False)  # XGBoost starts each margin at the base score
     if n_groups == 1 and objective not in ("multi:softprob", "multi:softmax"):
         return flat, lambda sums: link(sums[0])
     return flat, lambda sums: link(sums.T)
