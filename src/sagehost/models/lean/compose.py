@@ -15,7 +15,7 @@ import numpy as np
 
 from sagehost.models.lean.encoders import REFUSED, OneHot, Ordinal
 from sagehost.models.lean.frame import Block, Kind, Layout, Selector, _Uncovered, numbers_only
-from sagehost.models.lean.numeric import Identity, Imputer, MinMax, Robust, Standard
+from sagehost.models.lean.numeric import Identity, Imputer, MinMax, robust, standard
 
 
 class Step(Protocol):
@@ -64,9 +64,9 @@ def _makers() -> dict[type, Any]:
     return {
         OneHotEncoder: OneHot,
         OrdinalEncoder: Ordinal,
-        StandardScaler: Standard,
+        StandardScaler: standard,
         MinMaxScaler: MinMax,
-        RobustScaler: Robust,
+        RobustScaler: robust,
         SimpleImputer: Imputer,
         FunctionTransformer: Identity,
     }

@@ -28,20 +28,20 @@ def _numbers(layout: Layout, what: str) -> None:
         raise _Uncovered(f"{what} on a text column")
 
 
-class Standard:
-    def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
-        _numbers(layout, "StandardScaler")
-        self.mean = scaler.mean_ if scaler.with_mean else None
-        self.scale = scaler.scale_ if scaler.with_std else None
-        self.shift_by = _listed(self.mean, len(layout), 0.0)
-        self.divide_by = _listed(self.scale, len(layout), 1.0)
-        _hint_spread(layout, hints, scaler.mean_, scaler.scale_)
+class _ShiftThenDivide:
+    """`(x - shift) / scale`, either part optional: StandardScaler's mean and std, RobustScaler's
+    center and IQR scale."""
+
+    def __init__(self, layout: Layout, shift: Array | None, scale: Array | None) -> None:
+        self.shift, self.scale = shift, scale
+        self.shift_by = _listed(shift, len(layout), 0.0)
+        self.divide_by = _listed(scale, len(layout), 1.0)
         self.layout = unbounded(layout)
 
     def __call__(self, block: Block) -> Block | None:
         x = block.numbers
-        if self.mean is not None:
-            x = x - self.mean
+        if self.shift is not None:
+            x = x - self.shift
         if self.scale is not None:
             x = x / self.scale
         return numbers_only(x)
@@ -50,6 +50,25 @@ class Standard:
         # Python floats round each + - * / exactly as numpy's float64 ufuncs do (IEEE 754), and
         # subtracting 0.0 or dividing by 1.0 changes nothing: one loop for every setting.
         return [(v - m) / s for v, m, s in zip(values, self.shift_by, self.divide_by, strict=True)]
+
+
+def standard(scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> _ShiftThenDivide:
+    _numbers(layout, "StandardScaler")
+    _hint_spread(layout, hints, scaler.mean_, scaler.scale_)
+    return _ShiftThenDivide(
+        layout, scaler.mean_ if scaler.with_mean else None, scaler.scale_ if scaler.with_std else None
+    )
+
+
+def robust(scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> _ShiftThenDivide:
+    _numbers(layout, "RobustScaler")
+    if scaler.center_ is not None and scaler.scale_ is not None:
+        _hint_spread(layout, hints, scaler.center_, scaler.scale_)
+    return _ShiftThenDivide(
+        layout,
+        scaler.center_ if scaler.with_centering else None,
+        scaler.scale_ if scaler.with_scaling else None,
+    )
 
 
 class MinMax:
@@ -75,29 +94,6 @@ class MinMax:
             low, high = self.clip
             out = [low if v < low else high if v > high else v for v in out]  # NaN stays, as np.clip keeps it
         return out
-
-
-class Robust:
-    def __init__(self, scaler: Any, layout: Layout, hints: dict[int, list[Any]]) -> None:
-        _numbers(layout, "RobustScaler")
-        self.center = scaler.center_ if scaler.with_centering else None
-        self.scale = scaler.scale_ if scaler.with_scaling else None
-        self.shift_by = _listed(self.center, len(layout), 0.0)
-        self.divide_by = _listed(self.scale, len(layout), 1.0)
-        if scaler.center_ is not None and scaler.scale_ is not None:
-            _hint_spread(layout, hints, scaler.center_, scaler.scale_)
-        self.layout = unbounded(layout)
-
-    def __call__(self, block: Block) -> Block | None:
-        x = block.numbers
-        if self.center is not None:
-            x = x - self.center
-        if self.scale is not None:
-            x = x / self.scale
-        return numbers_only(x)
-
-    def row(self, values: Sequence[Any]) -> Sequence[Any] | None:
-        return [(v - c) / s for v, c, s in zip(values, self.shift_by, self.divide_by, strict=True)]
 
 
 class Identity:
